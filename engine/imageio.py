@@ -1,0 +1,135 @@
+"""Reading and writing images without losing what the user gave us.
+
+Any input (8/16-bit, greyscale, RGB, RGBA, EXIF-rotated JPEG) becomes a :class:`LoadedImage`:
+float32 RGB in [0, 1] for the algorithms plus what is needed to write the result back in the same
+kind (greyscale stays greyscale, alpha is kept, 16-bit stays 16-bit). Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+# EXIF orientation -> numpy ops that undo it (rotate counter-clockwise by k*90 after optional flip).
+_EXIF_ORIENTATION = {2: (True, 0), 3: (False, 2), 4: (True, 2), 5: (True, 1), 6: (False, 3), 7: (True, 3), 8: (False, 1)}
+
+
+class ImageReadError(ValueError):
+    """The file is missing, empty, corrupt or not an image."""
+
+
+@dataclass
+class LoadedImage:
+    """rgb: float32 HxWx3 in [0, 1] (greyscale replicated to 3 channels); alpha: float32 HxW in
+    [0, 1] or None; grayscale: the file had one colour channel; bit_depth: 8 or 16."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    grayscale: bool = False
+    bit_depth: int = 8
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rgb.shape[:2]  # type: ignore[return-value]
+
+
+def _exif_orientation(path: Path) -> int:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+def read_image(path: str | os.PathLike[str]) -> LoadedImage:
+    """Decode an image file; raises :class:`ImageReadError` with the reason when it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: empty file")
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
+    if data.dtype == np.uint8:
+        bit_depth, scale = 8, 255.0
+    elif data.dtype == np.uint16:
+        bit_depth, scale = 16, 65535.0
+    elif data.dtype == np.float32:
+        bit_depth, scale = 16, 1.0
+    else:
+        raise ImageReadError(f"{path}: unsupported pixel type {data.dtype}")
+    image = data.astype(np.float32) / scale
+    if image.ndim == 2:
+        image = image[..., None]
+    channels = image.shape[2]
+    if channels == 1:
+        rgb, alpha, grey = np.repeat(image, 3, axis=2), None, True
+    elif channels == 2:  # grey + alpha
+        rgb, alpha, grey = np.repeat(image[..., :1], 3, axis=2), image[..., 1], True
+    elif channels == 3:
+        rgb, alpha, grey = image[..., ::-1], None, False
+    elif channels == 4:
+        rgb, alpha, grey = image[..., 2::-1], image[..., 3], False
+    else:
+        raise ImageReadError(f"{path}: {channels} channels are not supported")
+    flip, turns = _EXIF_ORIENTATION.get(_exif_orientation(path), (False, 0))
+    if flip or turns:
+        rgb = np.rot90(rgb[:, ::-1] if flip else rgb, turns)
+        alpha = None if alpha is None else np.rot90(alpha[:, ::-1] if flip else alpha, turns)
+    rgb = np.ascontiguousarray(np.clip(rgb, 0, 1), np.float32)
+    alpha = None if alpha is None else np.ascontiguousarray(np.clip(alpha, 0, 1), np.float32)
+    return LoadedImage(rgb, alpha, grey, bit_depth, path)
+
+
+def encode_like(rgb: np.ndarray, like: LoadedImage, alpha: np.ndarray | None = None) -> np.ndarray:
+    """float32 HxWx3 in [0,1] (+ alpha HxW) -> uint8/uint16 array in the input's kind, BGR(A)/grey
+    channel order as cv2 writes it."""
+    rgb = np.clip(rgb, 0, 1)
+    channels = [rgb.mean(axis=2, keepdims=True)] if like.grayscale else [rgb[..., ::-1]]
+    if alpha is not None:
+        channels.append(np.clip(alpha, 0, 1)[..., None])
+    out = np.concatenate(channels, axis=2)
+    if like.bit_depth == 16:
+        out = np.round(out * 65535.0).astype(np.uint16)
+    else:
+        out = np.round(out * 255.0).astype(np.uint8)
+    return out[..., 0] if out.shape[2] == 1 else out
+
+
+def write_image(path: str | os.PathLike[str], array: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Write a uint8/uint16 array (grey, BGR or BGRA) atomically: temporary name, then rename."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in (".jpg", ".jpeg") else []
+    if suffix in (".jpg", ".jpeg") and array.dtype == np.uint16:
+        array = (array // 257).astype(np.uint8)
+    if suffix in (".jpg", ".jpeg") and array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]
+    ok, encoded = cv2.imencode(suffix if suffix in IMAGE_SUFFIXES else ".png", array, params)
+    if not ok:
+        raise OSError(f"could not encode {path.name}")
+    write_bytes_atomic(path, encoded.tobytes())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to ``.<name>.tmp`` in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

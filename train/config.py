@@ -1,0 +1,105 @@
+"""Typed training configurations with the reference ("paper") and CPU-friendly ("fast") presets.
+
+Reference settings are from the KernelGAN and ZSSR papers (see README, "Algorithms").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+Preset = Literal["fast", "paper"]
+
+
+@dataclass(frozen=True)
+class KernelGANConfig:
+    """KernelGAN at x2 (x4 kernels are derived analytically from the x2 kernel).
+
+    Sizes are in LR pixels; learning rates are Adam step sizes.
+    """
+
+    iterations: int = 3000
+    crop_size: int = 64  # generator input crop; the discriminator sees crops of the G output size (26)
+    g_channels: int = 64
+    g_kernel_sizes: tuple[int, ...] = (7, 5, 3, 1, 1, 1)  # last 1x1 has stride 2; receptive field 13
+    d_channels: int = 64
+    d_kernel_size: int = 7
+    d_layers: int = 7  # 7x7 SN conv, 5 x [SN 1x1, BN, ReLU], SN 1x1 -> sigmoid
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    lr_decay_every: int = 750  # lr /10 at 750, 1500, 2250
+    lr_decay_factor: float = 0.1
+    d_input_noise_std: float = 1.0 / 255.0
+    # Generator loss weights and schedule.
+    bicubic_weight: float = 5.0
+    bicubic_threshold: float = 0.4  # once bicubic loss < this for `bicubic_patience` iterations ...
+    bicubic_patience: int = 3
+    bicubic_decay_every: int = 200  # ... divide its weight by `bicubic_decay` every this many iterations
+    bicubic_decay: float = 100.0
+    bicubic_floor: float = 5e-6
+    regularizers_on_below: float = 5e-3  # when the bicubic weight drops below this: centralized, sparse on
+    sum2one_weight: float = 0.5
+    boundaries_weight: float = 0.5
+    centralized_weight: float = 1.0
+    sparse_weight: float = 5.0
+    # Kernel extraction.
+    kernel_size: int = 13
+    kernel_keep_top: int = 40
+    # Stability guard: restarts with a new seed when the kernel collapses or a loss is not finite.
+    max_restarts: int = 2
+
+    @classmethod
+    def preset(cls, name: Preset) -> "KernelGANConfig":
+        if name == "paper":
+            return cls()
+        if name == "fast":
+            # Fewer iterations with the same schedule shape, compressed in time.
+            return cls(iterations=600, lr_decay_every=200, bicubic_decay_every=60)
+        raise ValueError(f"unknown preset {name!r}; expected 'fast' or 'paper'")
+
+    def with_(self, **changes: object) -> "KernelGANConfig":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ZSSRConfig:
+    """ZSSR with a given kernel. Sizes in pixels of the image being upscaled."""
+
+    iterations: int = 3000
+    crop_size: int = 128  # father crop (LR-image pixels); clipped to the image
+    channels: int = 64
+    depth: int = 8
+    lr: float = 1e-3
+    lr_min: float = 9e-6
+    lr_policy_every: int = 60  # fit a line to recent reconstruction errors this often
+    lr_policy_window: int = 60
+    min_iterations: int = 256
+    noise_std: float = 0.0  # optional noise added to the son (real photos)
+    scale_jitter: bool = True
+    self_ensemble: bool = True  # 8 flips/rotations, median
+    back_projection_iterations: int = 2
+    amp: bool = True  # bf16/fp16 autocast on CUDA only
+
+    @classmethod
+    def preset(cls, name: Preset) -> "ZSSRConfig":
+        if name == "paper":
+            return cls()
+        if name == "fast":
+            return cls(iterations=400, crop_size=64, lr_policy_every=40, lr_policy_window=40, min_iterations=120)
+        raise ValueError(f"unknown preset {name!r}; expected 'fast' or 'paper'")
+
+    def with_(self, **changes: object) -> "ZSSRConfig":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Both stages' settings for one preset."""
+
+    kernelgan: KernelGANConfig = field(default_factory=KernelGANConfig)
+    zssr: ZSSRConfig = field(default_factory=ZSSRConfig)
+
+    @classmethod
+    def preset(cls, name: Preset) -> "TrainConfig":
+        return cls(KernelGANConfig.preset(name), ZSSRConfig.preset(name))
