@@ -1,0 +1,207 @@
+"""Streaming over many images: a bounded pipeline that reads and masks the next images while the
+current one trains, writes in the background, and never lets one bad image stop the batch.
+
+Memory stays flat: at most ``prefetch`` decoded images wait, at most one write is in flight, and
+pixel arrays are dropped once written.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mkgan_engine.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+from mkgan_engine.pipeline import Engine, InputError, Result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input and the sub-folder (relative to its root argument) its outputs mirror."""
+
+    path: Path
+    relative_dir: Path = Path()
+
+
+def collect_inputs(arguments: Sequence[str | Path], recursive: bool = False) -> tuple[list[InputFile], list[Path]]:
+    """Expand files, directories and globs into image inputs.
+
+    Returns (images, ignored): files in a directory whose suffix is not an image's are ignored
+    (listed, not failed); a file named explicitly is always an input (so a bad one fails loudly).
+    Raises FileNotFoundError for an argument that matches nothing.
+    """
+    images: list[InputFile] = []
+    ignored: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for f in sorted(p for p in path.glob(pattern) if p.is_file()):
+                if f.name.startswith("."):
+                    continue
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    images.append(InputFile(f, f.parent.relative_to(path)))
+                else:
+                    ignored.append(f)
+        elif path.is_file():
+            images.append(InputFile(path))
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(argument), recursive=recursive))
+            files = [m for m in matches if m.is_file()]
+            if not files:
+                raise FileNotFoundError(f"no such file, directory or glob match: {argument}")
+            images.extend(InputFile(m) for m in files if m.suffix.lower() in IMAGE_SUFFIXES)
+            ignored.extend(m for m in files if m.suffix.lower() not in IMAGE_SUFFIXES)
+    return images, ignored
+
+
+def _find_ground_truth(gt_dir: Path | None, stem: str) -> Path | None:
+    if gt_dir is None:
+        return None
+    for candidate in sorted(gt_dir.glob(f"{glob.escape(stem)}.*")):
+        if candidate.suffix.lower() in IMAGE_SUFFIXES:
+            return candidate
+    return None
+
+
+def _failure(item: InputFile, message: str, status: str = "failed") -> Result:
+    return Result(input=str(item.path), status=status, error=message)  # type: ignore[arg-type]
+
+
+_DONE = object()
+
+
+def run_batch(
+    engine: Engine,
+    inputs: Sequence[InputFile | Path],
+    out_dir: Path | None = None,
+    gt_dir: Path | None = None,
+    prefetch: int = 2,
+) -> Iterator[Result]:
+    """Yield one Result per input, in order, as each finishes (written to ``out_dir`` when given).
+
+    Stage 1 (thread): decode + mask the next ``prefetch`` images. Stage 2 (caller's thread):
+    KernelGAN + ZSSR. Stage 3 (thread): write outputs. A failure in any stage becomes a Result with
+    status "failed" and the error; --skip-existing inputs become "skipped".
+    """
+    from mkgan_engine.outputs import output_paths, write_result
+
+    items = [i if isinstance(i, InputFile) else InputFile(Path(i)) for i in inputs]
+    config = engine.config
+    ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def prepare(item: InputFile):
+        if out_dir is not None and config.output.skip_existing:
+            if output_paths(item.path, out_dir, config, item.relative_dir).sr.exists():
+                return _failure(item, "output exists (--skip-existing)", "skipped")
+        timings: dict[str, float] = {}
+        try:
+            start = time.perf_counter()
+            loaded = read_image(item.path)
+            timings["read"] = time.perf_counter() - start
+            engine.check_size(loaded.rgb)
+            start = time.perf_counter()
+            region_map = engine.mask(loaded.rgb, item.path.stem)
+            timings["mask"] = time.perf_counter() - start
+        except (ImageReadError, InputError, ValueError, FileNotFoundError) as error:
+            return _failure(item, str(error))
+        except Exception as error:  # noqa: BLE001 - one bad image never stops the batch
+            log.debug("masking failed for %s", item.path, exc_info=True)
+            return _failure(item, f"masking failed: {type(error).__name__}: {error}")
+        return loaded, region_map, timings
+
+    def producer() -> None:
+        for item in items:
+            if stop.is_set():
+                break
+            prepared = prepare(item)
+            while not stop.is_set():
+                try:
+                    ready.put((item, prepared), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+        ready.put((None, _DONE))
+
+    thread = threading.Thread(target=producer, name="mkgan-prefetch", daemon=True)
+    thread.start()
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mkgan-writer")
+    pending: tuple[Result, Future | None] | None = None
+    try:
+        while True:
+            item, prepared = ready.get()
+            if prepared is _DONE:
+                break
+            if isinstance(prepared, Result):
+                result = prepared
+                write = None
+            else:
+                result, write = _train_and_write(engine, item, prepared, out_dir, gt_dir, writer, output_paths, write_result)
+            if pending is not None:
+                yield _settle(*pending)
+            pending = (result, write)
+        if pending is not None:
+            last, pending = pending, None
+            yield _settle(*last)
+    except KeyboardInterrupt:
+        # Report what finished before the interrupt, then let it propagate.
+        if pending is not None:
+            last, pending = pending, None
+            yield _settle(*last)
+        raise
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock the producer
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
+        if pending is not None and pending[1] is not None:
+            pending[1].result()  # an atomic write in flight is allowed to finish
+        writer.shutdown(wait=True)
+
+
+def _train_and_write(engine, item, prepared, out_dir, gt_dir, writer, output_paths, write_result):
+    loaded, region_map, timings = prepared
+    try:
+        gt_path = _find_ground_truth(gt_dir, item.path.stem)
+        if gt_dir is not None and gt_path is None:
+            log.warning("no ground truth for %s in %s", item.path.name, gt_dir)
+        result = engine.run(loaded, ground_truth=gt_path, region_map=region_map)
+        result.timings = {**timings, **{k: v for k, v in result.timings.items() if k != "read"}}
+    except Exception as error:  # noqa: BLE001
+        log.debug("processing failed for %s", item.path, exc_info=True)
+        message = str(error) if isinstance(error, (InputError, ImageReadError)) else f"{type(error).__name__}: {error}"
+        return Result(input=str(item.path), status="failed", error=message, region_map=region_map, timings=timings), None
+    result.input = str(item.path)
+    if out_dir is None:
+        return result, None
+    paths = output_paths(item.path, out_dir, engine.config, item.relative_dir)
+
+    def write() -> None:
+        start = time.perf_counter()
+        result.outputs = write_result(result, paths, engine.config)
+        result.timings["write"] = time.perf_counter() - start
+
+    return result, writer.submit(write)
+
+
+def _settle(result: Result, write: Future | None) -> Result:
+    if write is not None:
+        try:
+            write.result()
+        except Exception as error:  # noqa: BLE001 - e.g. unwritable output directory
+            result.status, result.error = "failed", f"could not write outputs: {error}"
+            log.debug("write failed: %s", traceback.format_exc())
+        result.release()
+    return result

@@ -1,0 +1,269 @@
+"""The ``mkgan-engine`` command line: ``sr`` (super-resolve files/directories), ``export`` (YOLO/SAM
+to ONNX/TensorRT/AOTInductor), ``doctor`` (what can run here). Heavy imports happen inside commands,
+so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mkgan_engine import __version__
+from mkgan_engine.config import BACKEND_NAMES, MASKER_NAMES
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Blind super-resolution with Multi-KernelGAN: one KernelGAN kernel per image region, ZSSR per region, seamless merge.",
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mkgan-engine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Blind super-resolution with Multi-KernelGAN."""
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
+    return value
+
+
+def _csv_set(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    for item in items:
+        _choice(item, allowed, option)
+    return items
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)], force=True)
+    if not verbose:
+        logging.getLogger("mkgan_engine").setLevel(logging.ERROR if quiet else logging.INFO)
+
+
+def _usage_error(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def sr(
+    inputs: list[str] = typer.Argument(..., help="Image files, directories or globs."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
+    scale: int = typer.Option(2, "--scale", "-s", help="Upscaling factor: 2 or 4."),
+    masker: str = typer.Option("auto", help=f"Region masker: {'|'.join(MASKER_NAMES)} (auto: yolo-sam with weights, else fft)."),
+    mask_dir: Optional[Path] = typer.Option(None, help="User masks <stem>.png (>0 = object, or a label map); bypass the masker."),
+    preset: str = typer.Option("fast", help="Training preset: fast (CPU-friendly) or paper (reference settings)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, help="Base random seed (each region derives its own)."),
+    kernelgan_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's KernelGAN iterations."),
+    zssr_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's ZSSR iterations."),
+    suffix: str = typer.Option("_x{scale}", help="Output name suffix; {scale} is replaced."),
+    ext: str = typer.Option("png", help="Output format: png, jpg or same (as the input)."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose SR output exists (resume)."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-directories."),
+    gt_dir: Optional[Path] = typer.Option(None, help="Ground-truth HR images (same stem): score PSNR/SSIM/MSE."),
+    yolo_weights: Optional[Path] = typer.Option(None, help="YOLOv8 detector weights (.pt) for yolo-sam."),
+    sam_checkpoint: Optional[Path] = typer.Option(None, help="SAM checkpoint (.pth) for yolo-sam / sam."),
+    sam_type: str = typer.Option("vit_b", help="SAM model type: vit_b, vit_l or vit_h."),
+    backend: str = typer.Option("torch", help=f"Runtime for YOLO/SAM: {'|'.join(BACKEND_NAMES)}."),
+    engines: Optional[Path] = typer.Option(None, help="Directory written by `mkgan-engine export` (non-torch backends)."),
+    save: str = typer.Option("kernels,masks", help="Extra outputs: any of kernels,masks,previews (or 'none')."),
+    report: str = typer.Option("json,csv", help="Report formats: json,csv (or 'none')."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the exit code."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Super-resolve images: mask regions, estimate one kernel per region, ZSSR per region, merge.
+
+    Exit code 0 when every image succeeded (or was skipped), 1 when any failed, 2 for usage errors,
+    130 when interrupted (the report of what finished is still written).
+    """
+    _setup_logging(quiet, verbose)
+    if scale not in (2, 4):
+        raise typer.BadParameter("must be 2 or 4", param_hint="--scale")
+    _choice(masker, MASKER_NAMES, "--masker")
+    _choice(preset, ("fast", "paper"), "--preset")
+    _choice(ext, ("png", "jpg", "same"), "--ext")
+    _choice(sam_type, ("vit_b", "vit_l", "vit_h"), "--sam-type")
+    _choice(backend, BACKEND_NAMES, "--backend")
+    saves = () if save == "none" else _csv_set(save, ("kernels", "masks", "previews"), "--save")
+    reports = () if report == "none" else _csv_set(report, ("json", "csv"), "--report")
+
+    from mkgan_engine.batch import collect_inputs, run_batch
+    from mkgan_engine.config import EngineConfig, MaskerConfig, OutputConfig
+    from mkgan_engine.pipeline import Engine
+    from mkgan_engine.report import Report
+
+    for option, path in (("--mask-dir", mask_dir), ("--gt-dir", gt_dir), ("--engines", engines)):
+        if path is not None and not path.is_dir():
+            raise _usage_error(f"{option} {path}: not a directory")
+    try:
+        items, ignored = collect_inputs(inputs, recursive)
+    except FileNotFoundError as error:
+        raise _usage_error(str(error))
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".mkgan-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise _usage_error(f"cannot write to output directory {output}: {error.strerror or error}")
+
+    config = EngineConfig(
+        scale=scale, preset=preset, device=device, seed=seed,  # type: ignore[arg-type]
+        masker=MaskerConfig(name=masker, backend=backend, yolo_weights=yolo_weights,  # type: ignore[arg-type]
+                            sam_checkpoint=sam_checkpoint, sam_type=sam_type, engines_dir=engines, mask_dir=mask_dir),  # type: ignore[arg-type]
+        output=OutputConfig(suffix=suffix, ext=ext, save_kernels="kernels" in saves, save_masks="masks" in saves,  # type: ignore[arg-type]
+                            save_previews="previews" in saves, reports=reports, skip_existing=skip_existing),
+    )
+    if kernelgan_iters is not None:
+        config.kernelgan = config.kernelgan.with_(iterations=kernelgan_iters)
+    if zssr_iters is not None:
+        config.zssr = config.zssr.with_(iterations=zssr_iters, min_iterations=min(zssr_iters, config.zssr.min_iterations))
+    progress = None if quiet else _Progress(len(items))
+    try:
+        engine = Engine(config, on_stage=progress.stage if progress else None)
+        if config.masker.resolved_name() != "none" and items:
+            engine.masker  # load weights / engines now: a missing file is a usage error, not N failures
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+        raise _usage_error(str(error))
+
+    log = logging.getLogger("mkgan_engine")
+    log.info("%d image(s), masker %s, scale x%d, preset %s, device %s", len(items), config.masker.resolved_name(), scale, preset, engine.device)
+    run_report = Report(config)
+    for path in ignored:
+        run_report.add({"input": str(path), "status": "skipped", "error": "not an image file", "outputs": {}, "regions": [],
+                        "fallback_reason": None, "timings_s": {}, "metrics": None})
+    try:
+        with progress or _NullContext():
+            for result in run_batch(engine, items, out_dir=output, gt_dir=gt_dir):
+                run_report.add(result.report_entry())
+                if progress:
+                    progress.done(result)
+    except KeyboardInterrupt:
+        run_report.interrupted = True
+        run_report.write(output, reports)
+        typer.secho(f"interrupted: report of the {len(run_report.entries)} finished input(s) written to {output}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    written = run_report.write(output, reports)
+    if not quiet:
+        _print_summary(run_report, written)
+    raise typer.Exit(EXIT_FAILED if run_report.counts().get("failed") else EXIT_OK)
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Progress:
+    """A rich progress bar over images, showing the current image and stage."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), transient=False)
+        self.task = self.progress.add_task("starting", total=total)
+        self.current = ""
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def stage(self, name: str) -> None:
+        self.progress.update(self.task, description=f"{name:<9}")
+
+    def done(self, result) -> None:
+        self.progress.advance(self.task)
+        name = Path(result.input or "?").name
+        colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[result.status]
+        extra = f" ({result.error})" if result.error else ""
+        self.progress.console.print(f"[{colour}]{result.status:<7}[/{colour}] {name}{extra}", highlight=False)
+
+
+def _print_summary(run_report, written: list[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mkgan-engine sr", show_lines=False)
+    for column in ("input", "status", "regions", "Y-PSNR", "SSIM", "time (s)", "note"):
+        table.add_column(column, overflow="fold")
+    for e in run_report.entries:
+        metrics = e.get("metrics") or {}
+        timings = e.get("timings_s") or {}
+        note = e.get("error") or e.get("fallback_reason") or ""
+        table.add_row(
+            Path(e["input"]).name, e["status"], str(len(e.get("regions") or [])) if e["status"] == "ok" else "",
+            f"{metrics['psnr_y']:.2f}" if "psnr_y" in metrics else "", f"{metrics['ssim_y']:.4f}" if "ssim_y" in metrics else "",
+            f"{sum(timings.values()):.1f}" if timings else "", note,
+        )
+    console = Console()
+    console.print(table)
+    counts = run_report.counts()
+    console.print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; report: {', '.join(map(str, written)) or 'none'}")
+
+
+@app.command()
+def doctor(
+    device: str = typer.Option("auto", help="Device the run would use."),
+    backend: str = typer.Option("torch", help=f"Masking backend the run would use: {'|'.join(BACKEND_NAMES)}."),
+    yolo_weights: Optional[Path] = typer.Option(None, help="Check these YOLOv8 weights exist and load."),
+    sam_checkpoint: Optional[Path] = typer.Option(None, help="Check this SAM checkpoint exists."),
+    engines: Optional[Path] = typer.Option(None, help="List and check exported artefacts in this directory."),
+) -> None:
+    """Print what can run here (torch/CUDA, ONNX Runtime providers, TensorRT, C++ extension, weights,
+    exported engines); exit 1 when the requested setup cannot run."""
+    from mkgan_engine.doctor import diagnose, print_diagnosis
+
+    checks = diagnose(device=device, backend=backend, yolo_weights=yolo_weights, sam_checkpoint=sam_checkpoint, engines=engines)
+    ok = print_diagnosis(checks)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def _register_export() -> None:
+    """Mount ``mkgan-engine export`` from mkgan_engine.export.cli when it is present."""
+    try:
+        from mkgan_engine.export.cli import register
+    except ImportError:  # pragma: no cover - export module not built
+        return
+    register(app)
+
+
+_register_export()
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # interrupted outside a batch
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()
