@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mkgan_engine.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
-from mkgan_engine.pipeline import Engine, InputError, Result
+from mkgan_engine.pipeline import Engine, InputError, Result, _model_timings
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ def run_batch(
             start = time.perf_counter()
             region_map = engine.mask(loaded.rgb, item.path.stem)
             timings["mask"] = time.perf_counter() - start
+            timings.update(_model_timings(engine.last_mask_timings))
         except (ImageReadError, InputError, ValueError, FileNotFoundError) as error:
             return _failure(item, str(error))
         except Exception as error:  # noqa: BLE001 - one bad image never stops the batch

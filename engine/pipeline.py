@@ -121,6 +121,7 @@ class Engine:
         self.config.masker.device = str(self.device)
         self.on_stage = on_stage
         self._masker = None
+        self.last_mask_timings: dict[str, float] = {}  # per-model seconds of the last masker call
 
     # ----------------------------------------------------------------------------- stages
     @property
@@ -142,6 +143,7 @@ class Engine:
     def mask(self, image: np.ndarray, stem: str | None = None) -> RegionMap:
         """Regions of an LR image (float32 HxWx3 in [0,1]): the user's mask from mask_dir when one
         exists for ``stem``, else the configured masker."""
+        self.last_mask_timings = {}
         mask_dir = self.config.masker.mask_dir
         if mask_dir is not None and stem is not None:
             from mkgan_engine.maskers.user_mask import load_user_mask
@@ -150,7 +152,9 @@ class Engine:
             if user is not None:
                 return user
             log.warning("no user mask for %s in %s; using the %s masker", stem, mask_dir, self.config.masker.resolved_name())
-        return self.masker(image)
+        region_map = self.masker(image)
+        self.last_mask_timings = dict(getattr(self.masker, "last_timings", None) or {})
+        return region_map
 
     def estimate_kernels(self, image: np.ndarray, region_map: RegionMap) -> list[RegionResult]:
         """One KernelGAN kernel per region, all regions trained together as batched members."""
@@ -208,6 +212,7 @@ class Engine:
         if region_map is None:
             with self._stage("mask"):
                 region_map = self.mask(rgb, loaded.path.stem if loaded.path else None)
+            self._timings.update(_model_timings(self.last_mask_timings))
         if region_map.shape != rgb.shape[:2]:
             raise InputError(f"region map is {region_map.shape}, image is {rgb.shape[:2]}")
         result.region_map = region_map
@@ -248,6 +253,11 @@ class Engine:
             timings = getattr(self, "_timings", None)
             if timings is not None:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _model_timings(timings: dict[str, float]) -> dict[str, float]:
+    """Masker per-model seconds (detector, sam_encoder, ...) as ``mask_<model>`` stage timings."""
+    return {f"mask_{k}": v for k, v in timings.items() if k != "total"}
 
 
 def _as_loaded(image: str | os.PathLike[str] | np.ndarray | LoadedImage) -> LoadedImage:
