@@ -51,10 +51,10 @@ class RegionMap:
         self.refresh_areas()
 
     @classmethod
-    def single(cls, shape: tuple[int, int], source: str = "none", reason: str | None = None) -> "RegionMap":
-        """One region covering the whole image (plain KernelGAN)."""
+    def single(cls, shape: tuple[int, ...], source: str = "none", reason: str | None = None) -> "RegionMap":
+        """One region covering the whole image (plain KernelGAN); ``shape`` is HxW or an image's HxWxC."""
         return cls(
-            np.zeros(shape, np.int32),
+            np.zeros(tuple(shape[:2]), np.int32),
             [RegionInfo(0, "whole image", source, 1.0)],
             fallback_reason=reason,
         )
