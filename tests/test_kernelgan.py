@@ -1,0 +1,159 @@
+"""KernelGAN (train/kernelgan.py): the generator's kernel, batched == single, the stability guard,
+odd inputs, and kernel recovery on a real photo (fast preset)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mkgan_engine.train import kernelgan, losses
+from mkgan_engine.train.config import KernelGANConfig
+from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
+from mkgan_engine.train.generator import BatchedGenerator
+from mkgan_engine.train.kernel import kernel_error, kernel_moments, sf_center
+from mkgan_engine.train.kernelgan import diagnose_kernel, estimate_kernels
+
+
+RECOVERY_PHOTO = "set14/man.png"
+
+
+def _short(iterations: int = 40) -> KernelGANConfig:
+    """A few dozen iterations: for behaviour, not quality."""
+    return KernelGANConfig.preset("fast").with_(iterations=iterations)
+
+
+# ------------------------------------------------------------------------------------------------
+# Generator and guard (no training)
+# ------------------------------------------------------------------------------------------------
+def test_effective_kernel_is_the_network():
+    g = BatchedGenerator.create([0, 5, 9], (7, 5, 3, 1, 1, 1), 64)
+    k = g.kernel()
+    assert k.shape == (3, 13, 13)
+    torch.testing.assert_close(k, g.kernel_by_delta(), rtol=1e-4, atol=1e-6 * float(k.detach().abs().max()))
+    x = torch.rand(3, 3, 64, 64)
+    out = g.forward(x)
+    assert out.shape == (3, 3, 26, 26)
+    torch.testing.assert_close(out, g.forward_layers(x), rtol=1e-4, atol=1e-6 * float(out.detach().abs().max()))
+
+
+def test_initial_kernels_have_a_positive_sum():
+    # A deep linear generator started with a negative kernel sum is stuck at the saddle at zero.
+    g = BatchedGenerator.create(list(range(32)), (7, 5, 3, 1, 1, 1), 64)
+    assert bool((g.kernel().sum(dim=(1, 2)) > 0).all())
+
+
+def test_diagnose_kernel():
+    good = anisotropic_gaussian(13, 1.5, 0.8, 0.3, 2)
+    assert diagnose_kernel(good) is None
+    delta = np.zeros((13, 13), np.float32)
+    delta[6, 6] = 1.0
+    assert "delta" in diagnose_kernel(delta)
+    noise = np.random.default_rng(0).standard_normal((13, 13)).astype(np.float32)
+    assert "noise" in diagnose_kernel(noise)
+    assert "flat" in diagnose_kernel(np.full((13, 13), 1 / 169, np.float32))
+    assert "non-finite" in diagnose_kernel(np.where(good > 0.05, np.nan, good))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training behaviour (short runs)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_batched_members_equal_members_trained_alone(load_photo):
+    image = load_photo("set5/bird.png")[:96, :112]
+    other = load_photo("set14/man.png")[:80, :96]
+    mask = np.zeros(image.shape[:2], bool)
+    mask[:, 40:] = True
+    images, masks, seeds = [image, other, image], [None, None, mask], [3, 11, 3]
+    config = _short(40)
+    # float64: a GAN amplifies float32 rounding differences (grouped vs single convolutions) within
+    # a few dozen Adam steps; in float64 batched and alone agree to ~1e-7 after 40 iterations.
+    together = estimate_kernels(images, masks, config, seeds, check_every=20, dtype=torch.float64)
+    for i in range(3):
+        alone = estimate_kernels(
+            images[i : i + 1], masks[i : i + 1], config, seeds[i : i + 1], check_every=20, dtype=torch.float64
+        )[0]
+        scale = np.abs(alone.raw_kernel).max()
+        np.testing.assert_allclose(together[i].raw_kernel, alone.raw_kernel, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(together[i].kernel, alone.kernel, rtol=0, atol=1e-5)
+    # Same image and seed but another region: a different kernel.
+    assert not np.allclose(together[0].raw_kernel, together[2].raw_kernel, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_nan_restarts_the_member_with_a_new_seed(load_photo, monkeypatch, caplog):
+    image = load_photo("set5/bird.png")[:96, :96]
+    real = losses.downscale_loss
+    calls = {"n": 0}
+
+    def poisoned(g_input: torch.Tensor, g_output: torch.Tensor) -> torch.Tensor:
+        loss = real(g_input, g_output)
+        calls["n"] += 1
+        if calls["n"] <= 3:  # member 0 produces a NaN in its first iterations
+            loss = loss.clone()
+            loss[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(kernelgan.losses, "downscale_loss", poisoned)
+    est = estimate_kernels([image, image], None, _short(30), [0, 1], check_every=10)
+    assert est[0].restarts == 1 and est[0].final_seed != 0
+    assert any("restart 1/" in m and "non-finite" in m for m in est[0].messages)
+    assert "restart" in caplog.text
+    assert est[1].restarts == 0 and not est[1].messages
+    for e in est:
+        assert e.status == "ok" and np.isfinite(e.kernel).all() and e.kernel.sum() == pytest.approx(1, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_grey_rgba_and_out_of_range_inputs_are_not_modified(load_photo):
+    rgb = load_photo("set5/baby.png")[:80, :80]
+    grey = rgb.mean(axis=2)
+    rgba = np.concatenate([rgb, np.full((80, 80, 1), 0.3, np.float32)], axis=2)
+    hot = rgb * 1.5  # out of range: clipped on a copy
+    inputs = [grey, rgba, hot]
+    copies = [a.copy() for a in inputs]
+    est = estimate_kernels(inputs, None, _short(10), [0, 0, 0], check_every=10, dtype=torch.float64)
+    for a, c in zip(inputs, copies):
+        np.testing.assert_array_equal(a, c)
+    assert all(np.isfinite(e.kernel).all() for e in est)
+    assert any("clipped" in m for m in est[2].messages)
+    # A grey image is the RGB image with equal channels: same crops, same kernel as its RGB copy.
+    grey3 = estimate_kernels([np.repeat(grey[..., None], 3, axis=2)], None, _short(10), [0], check_every=10, dtype=torch.float64)[0]
+    np.testing.assert_allclose(est[0].kernel, grey3.kernel, atol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors(load_photo):
+    image = load_photo("set5/bird.png")[:96, :96]
+    with pytest.raises(ValueError, match="at least 64x64"):
+        estimate_kernels([image[:50]], None, _short(5))
+    with pytest.raises(ValueError, match="empty"):
+        estimate_kernels([image], [np.zeros((96, 96), bool)], _short(5))
+    with pytest.raises(ValueError, match="shape"):
+        estimate_kernels([image], [np.ones((90, 96), bool)], _short(5))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel recovery on a real photo
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_fast_preset_orders_kernels_by_width_and_finds_the_orientation(load_photo):
+    hr = load_photo(RECOVERY_PHOTO)
+    hr = hr[: hr.shape[0] // 2 * 2, : hr.shape[1] // 2 * 2]
+    wide = anisotropic_gaussian(13, 4.0, 0.6, np.pi / 3, 2)  # sigmas 2.0 / 0.77 px, major axis at 60 deg
+    narrow = anisotropic_gaussian(13, 0.5, 0.5, 0.0, 2)  # sigma 0.71 px
+    lrs = [degrade(hr, k, 2) for k in (wide, narrow)]
+    est = estimate_kernels(lrs, None, KernelGANConfig.preset("fast"), [0, 0])
+    (wa, wb, wt), (na, nb, _) = kernel_moments(est[0].kernel), kernel_moments(est[1].kernel)
+    err_w, err_n = kernel_error(est[0].kernel, wide), kernel_error(est[1].kernel, narrow)
+    angle = abs((np.degrees(wt) - 60.0 + 90.0) % 180.0 - 90.0)
+    print(
+        f"\nwide:   sigmas {wa:.2f}/{wb:.2f} px (truth 2.00/0.77), angle {np.degrees(wt):.0f} deg (truth 60), "
+        f"kernel PSNR {err_w['psnr']:.1f} dB, L1 {err_w['l1']:.2f}, restarts {est[0].restarts}"
+        f"\nnarrow: sigmas {na:.2f}/{nb:.2f} px (truth 0.71/0.71), kernel PSNR {err_n['psnr']:.1f} dB, "
+        f"L1 {err_n['l1']:.2f}, restarts {est[1].restarts}"
+    )
+    for e in est:
+        assert e.kernel.shape == (13, 13) and e.kernel.sum() == pytest.approx(1, abs=1e-4)
+        assert abs(float((e.kernel * np.arange(13)[None]).sum()) - sf_center(13, 2)) < 0.05
+    assert wa * wb > na * nb  # the wide kernel is estimated wider (area of the 1-sigma ellipse)
+    assert angle < 30.0

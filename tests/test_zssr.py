@@ -1,0 +1,205 @@
+"""ZSSR with a given kernel (train/zssr.py): quality vs bicubic, batched == single, region sampling,
+x4, greyscale. Training tests are marked slow (they still run in CI) and are sized for one CPU core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mkgan_engine.metrics import psnr
+from mkgan_engine.train.config import ZSSRConfig
+from mkgan_engine.train.degradation import anisotropic_gaussian, blur_downsample, degrade
+from mkgan_engine.train.kernel import analytic_x4
+from mkgan_engine.train.masked_crop import centres_from_uniforms
+from mkgan_engine.train.zssr import (
+    _dihedral_permutations,
+    _levels_for,
+    align_kernels,
+    build_father_canvas,
+    dihedral,
+    dihedral_inverse,
+    forward_tiled,
+    region_centre_map,
+    run_zssr,
+    sample_fathers,
+)
+from mkgan_engine.train.zssr_net import MemberConvNet
+
+
+def _bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(np.atleast_3d(lr).transpose(2, 0, 1)))[None]
+    up = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    out = up[0].numpy().transpose(1, 2, 0)
+    return out[..., 0] if lr.ndim == 2 else out
+
+
+def _tiny(**changes) -> ZSSRConfig:
+    """A few dozen iterations on small crops: for behaviour, not quality."""
+    base = dict(
+        iterations=36, crop_size=24, lr_policy_every=8, lr_policy_window=8, min_iterations=8, rec_every=2,
+        lr_slope_ratio=2.0,
+    )
+    base.update(changes)
+    return ZSSRConfig.preset("fast").with_(**base)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast unit checks (no training)
+# ------------------------------------------------------------------------------------------------
+def test_dihedral_permutations_match_tensor_ops():
+    x = torch.arange(36.0).reshape(6, 6)
+    perms = _dihedral_permutations(6, torch.device("cpu"))
+    for t in range(8):
+        assert torch.equal(x.reshape(-1)[perms[t]].reshape(6, 6), dihedral(x, t))
+        assert torch.equal(dihedral_inverse(dihedral(x, t), t), x)
+    assert len({tuple(p.tolist()) for p in perms}) == 8
+
+
+@pytest.mark.parametrize("grouped", [None, True])  # None: the CPU member loop; True: the CUDA path
+def test_batched_net_equals_members_and_tiling_is_exact(grouped):
+    net = MemberConvNet.initialise([3, 11], in_channels=3, channels=8, depth=8)
+    net.grouped = grouped
+    x = torch.rand(2, 3, 40, 52)
+    net.requires_grad_(True)
+    both = net(x)
+    grads = torch.autograd.grad(both.square().sum(), net.parameters())
+    for i in range(2):
+        single = net.select([i]).requires_grad_(True)
+        alone = single(x[i : i + 1])
+        torch.testing.assert_close(both[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+        grads1 = torch.autograd.grad(alone.square().sum(), single.parameters())
+        for g, g1 in zip(grads, grads1):
+            torch.testing.assert_close(g[i : i + 1], g1, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            tiled = forward_tiled(net.select([i]), x[i : i + 1], tile=16)
+        torch.testing.assert_close(tiled, alone.detach(), rtol=1e-5, atol=1e-5)
+    # Initialisation is a function of the member's seed only.
+    torch.testing.assert_close(MemberConvNet.initialise([11], 3, 8, 8).weights[0][0], net.weights[0][1])
+
+
+def test_align_kernels_keeps_the_degradation():
+    k11 = anisotropic_gaussian(11, 2.0, 1.0, 0.3, 2)
+    k13 = anisotropic_gaussian(13, 1.0, 3.0, 1.0, 2)
+    x = torch.rand(1, 3, 30, 30)
+    padded = align_kernels([k11, k13])
+    assert padded.shape == (2, 13, 13)
+    direct = blur_downsample(x, torch.from_numpy(k11)[None], 2)
+    torch.testing.assert_close(blur_downsample(x, padded[:1], 2), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_region_crops_come_from_the_region():
+    """Per-region sampling: every admissible centre (all pyramid levels) has >= 90 % of its crop in
+    the region, sampled centres land only there, and the gathered fathers of an image that *is* the
+    mask are (almost) all region; small regions fall back to centres inside the region."""
+    h, w, cs = 96, 120, 32
+    yy, xx = np.mgrid[:h, :w]
+    region = ((yy - 60) / 30.0) ** 2 + ((xx - 40) / 36.0) ** 2 < 1.0
+    image = torch.from_numpy(region.astype(np.float32))[None, None].expand(1, 3, h, w)
+    config = ZSSRConfig.preset("fast")
+    canvas = build_father_canvas(_levels_for(image, [region], config), cs, 0.9)
+    assert canvas.rules == ["inside"] and len(canvas.blocks) == 3  # scale jitter levels are used
+    # Admissible centres: the fraction of the crop inside the (canvas) region map.
+    half = cs // 2
+    ys, xs = np.nonzero(canvas.centres[0])
+    assert ys.size > 50
+    for y, x in zip(ys, xs):
+        assert canvas.regions[0, y - half : y - half + cs, x - half : x - half + cs].mean() >= 0.9 - 1e-6
+    # Sampled centres (the inverse-CDF the crop op uses) all lie on admissible centres, on every level.
+    u = torch.rand(1, 4000, generator=torch.Generator().manual_seed(0))
+    centres = centres_from_uniforms(canvas.cdf, u, canvas.images.shape[-1])[0].numpy()
+    assert canvas.centres[0][centres[:, 0], centres[:, 1]].all()
+    level_of = np.searchsorted([b[0] for b in canvas.blocks], centres[:, 1], side="right") - 1
+    assert set(level_of.tolist()) == {0, 1, 2}
+    # Gathered fathers (with flips/rotations) of the mask image: >= ~90 % region each.
+    perms = _dihedral_permutations(cs, torch.device("cpu"))
+    seeds = torch.tensor([5])
+    for step in range(1, 40):
+        fathers, _ = sample_fathers(canvas, seeds, step, 4, perms)
+        assert fathers.mean(dim=(2, 3, 4)).min() >= 0.85
+    # A region too small for a 90 %-inside crop: centres inside the region.
+    small = np.zeros((h, w), bool)
+    small[10:22, 70:84] = True
+    prob, rule = region_centre_map(small, (h, w), cs, 0.9)
+    assert rule == "centre" and prob.sum() > 0 and small[prob > 0].all()
+    # A sliver at the border: the crops covering the most of it.
+    sliver = np.zeros((h, w), bool)
+    sliver[:3, :5] = True
+    prob, rule = region_centre_map(sliver, (h, w), cs, 0.9)
+    assert rule == "cover" and prob.sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Training tests
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_x2_beats_bicubic_with_the_true_kernel(load_photo):
+    hr = load_photo("set14/zebra.png")[40:232, 100:292]  # 192x192 HR -> 96x96 LR
+    kernel = anisotropic_gaussian(13, 2.5, 1.0, 0.6, 2)
+    lr = degrade(hr, kernel, 2)
+    result = run_zssr(lr, [kernel], 2, ZSSRConfig.preset("fast"), seeds=[0])
+    sr = result.images[0]
+    assert sr.shape == hr.shape and sr.dtype == np.float32
+    p_bic = psnr(_bicubic(lr, 2), hr, shave=2, y=True)
+    p_zssr = psnr(sr, hr, shave=2, y=True)
+    info = result.members[0].stages[0]
+    print(
+        f"\nx2 Y-PSNR bicubic {p_bic:.2f} dB, ZSSR {p_zssr:.2f} dB; {info.iterations} it, final lr {info.final_lr:.1e}, "
+        f"{result.iterations_per_second:.2f} it/s, {result.seconds:.1f} s"
+    )
+    assert p_zssr > p_bic + 0.3
+
+
+@pytest.mark.slow
+def test_batched_equals_single(load_photo):
+    lr = load_photo("set5/bird.png")[100:148, 80:136]  # 48x56 "LR"
+    kernels = [anisotropic_gaussian(13, 2.0, 0.8, 0.4, 2), anisotropic_gaussian(11, 1.0, 3.0, 2.0, 2)]
+    mask = np.zeros(lr.shape[:2], bool)
+    mask[4:44, 20:56] = True
+    masks = [None, mask]
+    seeds = [7, 123]
+    config = _tiny()
+    both = run_zssr(lr, kernels, 2, config, masks=masks, seeds=seeds)
+    for i in range(2):
+        alone = run_zssr(lr, kernels[i : i + 1], 2, config, masks=masks[i : i + 1], seeds=seeds[i : i + 1])
+        a, b = both.members[i].stages[0], alone.members[0].stages[0]
+        print(f"\nmember {i}: batched {a.iterations} it lr {a.final_lr:.0e}; alone {b.iterations} it lr {b.final_lr:.0e}")
+        assert (a.iterations, a.final_lr) == (b.iterations, b.final_lr)
+        np.testing.assert_allclose(both.images[i], alone.images[0], rtol=0, atol=2e-4)
+    assert not np.allclose(both.images[0], both.images[1], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_x4_gradual_beats_bicubic(load_photo):
+    hr = load_photo("set5/butterfly.png")[40:200, 40:200]  # 160x160 HR -> 40x40 LR
+    k2 = anisotropic_gaussian(13, 1.8, 0.9, 1.1, 2)
+    lr = degrade(hr, analytic_x4(k2), 4)
+    config = ZSSRConfig.preset("fast").with_(iterations=120, crop_size=32, min_iterations=40)
+    result = run_zssr(lr, [k2], 4, config, seeds=[1])
+    sr = result.images[0]
+    assert sr.shape == (4 * lr.shape[0], 4 * lr.shape[1], 3)
+    assert len(result.members[0].stages) == 2
+    p_bic = psnr(_bicubic(lr, 4), hr, shave=4, y=True)
+    p_zssr = psnr(sr, hr, shave=4, y=True)
+    print(f"\nx4 Y-PSNR bicubic {p_bic:.2f} dB, ZSSR (gradual) {p_zssr:.2f} dB, {result.seconds:.1f} s")
+    assert p_zssr > p_bic + 0.3
+
+
+@pytest.mark.slow
+def test_grey_and_rgba_inputs(load_photo):
+    rgb = load_photo("set14/face.png")[60:156, 60:156]
+    grey_hr = rgb.mean(axis=2).astype(np.float32)  # 96x96 HR -> 48x48 LR
+    kernel = anisotropic_gaussian(13, 2.0, 1.2, 0.0, 2)
+    lr = degrade(grey_hr[..., None], kernel, 2)[..., 0]
+    out = run_zssr(lr, [kernel], 2, _tiny(iterations=60, crop_size=32), seeds=[3]).images[0]
+    assert out.shape == grey_hr.shape and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    p_bic, p_zssr = psnr(_bicubic(lr, 2), grey_hr, shave=2), psnr(out, grey_hr, shave=2)
+    print(f"\ngrey x2 PSNR bicubic {p_bic:.2f} dB, ZSSR {p_zssr:.2f} dB")
+    assert p_zssr > p_bic
+    # RGBA: colour through ZSSR, alpha bicubic.
+    rgba = np.concatenate([rgb[::2, ::2], np.full((48, 48, 1), 0.5, np.float32)], axis=2)
+    out4 = run_zssr(rgba, [kernel], 2, _tiny(iterations=4, crop_size=16), seeds=[0]).images[0]
+    assert out4.shape == (96, 96, 4)
+    np.testing.assert_allclose(out4[..., 3], 0.5, atol=1e-5)

@@ -1,0 +1,687 @@
+"""ZSSR ("zero-shot" super-resolution) with a given kernel, batched over members.
+
+A *member* is one (kernel, region mask, seed) triple - in Multi-KernelGAN one image region with
+its own KernelGAN kernel. ``M`` members train together along a leading member dimension (grouped
+convolutions, :mod:`zssr_net`), each with its own weights, Adam state, learning-rate policy and
+stopping point; one member is a batch of one, and a member trained in a batch gets the same result
+as alone with the same seed (all randomness is counter-based per member, :mod:`rng`).
+
+Training (one *step* of scale ``s`` with kernel ``k``; our own implementation of the ZSSR paper):
+
+* Fathers: random ``crop`` x ``crop`` crops (``config.crop_size`` clipped to the image, rounded
+  down to a multiple of ``s``) of the image being upscaled. With a region mask the crop centres are
+  drawn uniformly over the centres whose crop lies >= ``config.region_min_inside`` (90 %) inside the
+  region; when there are none, over the centres inside the region; when there are none of those
+  either (a sliver at the border), over the crops covering the most region pixels. Scale jitter: the
+  image is also downscaled (bicubic, antialiased) by ``config.scale_jitter_levels``; all levels are
+  laid side by side on one *canvas* and the centre map covers all of them, so a level is picked with
+  probability proportional to its number of admissible centres (about its area, as in ZSSR) and one
+  :func:`masked_crop.gather_crops` call draws every member's crop. Then one of the 8
+  flips/rotations. Crops never straddle two levels (centres are restricted to crops that fit).
+* Son: the father correlated with the member's kernel and subsampled by ``s``
+  (:func:`degradation.blur_downsample`), optional Gaussian noise (``config.noise_std``), bicubic
+  upsampling back to the father's size. Loss: L1 between ``net(son_up)`` and the father;
+  ``net(x) = x + f(x)``, ``f`` = 8 conv 3x3 layers, 64 channels, ReLU except after the last.
+* Learning-rate policy (per member, no host sync between checks): every ``config.rec_every``
+  iterations the *reconstruction error* (L1 of ``net(son_up)`` vs the father on ``config.rec_crops``
+  fixed crops of the member's own region, drawn once) is written to a device buffer. Every
+  ``config.lr_policy_every`` iterations (one host sync), for each member with at least
+  ``lr_policy_window`` iterations since its last lr change, a line is fitted to the errors of the
+  last window; unless the slope is clearly negative (``-slope > config.lr_slope_ratio * SE(slope)``,
+  SE = standard error of the fitted slope, from the residual scatter of the errors - the test ZSSR
+  makes), lr /= ``config.lr_decay``. A member stops when ``lr < config.lr_min`` (not before
+  ``config.min_iterations``) or at ``config.iterations``; finished members leave the batch (frozen,
+  no more updates), the others continue.
+
+Inference (per member): the net is applied to the bicubic-upsampled LR image restricted to the
+member's region bounding box plus ``config.inference_margin`` LR pixels (whole image without a
+mask); geometric self-ensemble (8 flips/rotations, per-pixel median); then
+``config.back_projection_iterations`` of back-projection ``y += up(lr - D_k(y))`` with the member's
+kernel. Outside the box the result is plain bicubic, so the merge stage should feather within the
+margin. Large inputs are processed in tiles with an 8-pixel halo (exactly equal to one pass).
+
+x4 (``config.gradual_x4``, the default): *kernels are the x2 kernels* (what KernelGAN estimates).
+Under the analytic model the x4 kernel is ``k * (k dilated by 2)`` (:func:`kernel.analytic_x4`),
+i.e. ``LR = D_k(D_k(HR))`` - two identical x2 degradations. So step 1 learns ``LR -> I`` with ``k``
+exactly as at x2; step 2 learns ``I -> HR`` with the *same* ``k`` (the degradation ``HR -> I`` is
+again ``D_k``), fathers drawn from the member's x2 output ``I`` (its pyramid) and from the real LR
+image (a real example of the same relation), sons ``D_k(father)``. Step 2 starts from step 1's
+weights (``config.x4_warm_start``; same relation, so it only has to adapt). Its output is
+back-projected against ``I`` with ``k`` and finally against the LR image with ``analytic_x4(k)`` (the
+whole x4 degradation). With ``kernel_scale=4`` (or ``gradual_x4=False``) one direct x4 step runs
+with the given x4 kernel (resp. ``analytic_x4`` of the given x2 kernel). Other integer scales run
+one direct step with a kernel for that scale.
+
+Channels: any ``C`` trains one net on all channels (grey ``HxW``/``HxWx1`` and RGB). RGBA: the
+colour channels go through ZSSR, alpha is upscaled bicubically (and clipped).
+
+Precision: CUDA runs under ``torch.autocast`` (bfloat16 where supported, else float16 with a fixed
+loss scale and non-finite gradients zeroed) when ``config.amp``, channels_last activations; the CPU
+runs in float32. Kernels, blurs, resampling and losses are always float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import rng
+from .config import ZSSRConfig
+from .degradation import blur_downsample, resize_bicubic
+from .kernel import analytic_x4
+from .masked_crop import gather_crops
+from .zssr_net import STREAM_ZSSR_INIT, MemberAdam, MemberConvNet
+
+# Stream used once per member to draw the fixed reconstruction-error crops.
+STREAM_ZSSR_REC = 9
+# Step counters of different stages of a gradual run never collide.
+_STAGE_STRIDE = 1 << 24
+
+
+# ------------------------------------------------------------------------------------------------
+# Small helpers
+# ------------------------------------------------------------------------------------------------
+def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of (N, C, h, w) to an exact size (pixel-centre aligned, like the LR grid of an
+    sf-aligned kernel)."""
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+
+
+def dihedral(x: torch.Tensor, t: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of the last two dims: flip W when t >= 4, then rot90 t % 4 times."""
+    if t >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, t % 4, dims=(-2, -1))
+
+
+def dihedral_inverse(x: torch.Tensor, t: int) -> torch.Tensor:
+    x = torch.rot90(x, -(t % 4), dims=(-2, -1))
+    return x.flip(-1) if t >= 4 else x
+
+
+def _dihedral_permutations(size: int, device: torch.device) -> torch.Tensor:
+    """(8, size*size) flat-index maps: transformed.flat[i] = original.flat[perm[t, i]]."""
+    base = torch.arange(size * size, device=device).reshape(size, size)
+    return torch.stack([dihedral(base, t).reshape(-1) for t in range(8)])
+
+
+def align_kernels(kernels: Sequence[np.ndarray]) -> torch.Tensor:
+    """Kernels of possibly different sizes -> float32 (M, K, K) with K the largest size, each placed
+    so that :func:`blur_downsample` (output pixel j sees input j - (K-1)//2 ...) is unchanged."""
+    arrays = [np.asarray(k, np.float32) for k in kernels]
+    for k in arrays:
+        if k.ndim != 2 or k.shape[0] != k.shape[1]:
+            raise ValueError(f"kernels must be square 2-D arrays, got shape {k.shape}")
+        if not np.all(np.isfinite(k)) or k.sum() <= 0:
+            raise ValueError("kernels must be finite with a positive sum")
+    size = max(k.shape[0] for k in arrays)
+    out = np.zeros((len(arrays), size, size), np.float32)
+    for i, k in enumerate(arrays):
+        d = (size - 1) // 2 - (k.shape[0] - 1) // 2
+        out[i, d : d + k.shape[0], d : d + k.shape[0]] = k / k.sum()
+    return torch.from_numpy(out)
+
+
+def _autocast(device: torch.device, config: ZSSRConfig) -> tuple[contextlib.AbstractContextManager, float]:
+    """(autocast context, loss scale) for training/inference on this device."""
+    if device.type == "cuda" and config.amp:
+        if torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16), 1.0
+        return torch.autocast("cuda", dtype=torch.float16), 1024.0
+    return contextlib.nullcontext(), 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Region-aware father sampling
+# ------------------------------------------------------------------------------------------------
+def region_centre_map(
+    mask: np.ndarray | None, shape: tuple[int, int], crop_size: int, min_inside: float = 0.9, fallback: bool = True
+) -> tuple[np.ndarray, str]:
+    """Admissible crop centres for one image (level) and one region.
+
+    A centre (y, x) stands for the crop with top-left (y - crop//2, x - crop//2); only crops that fit
+    in the image are admissible. Returns a float32 (h, w) 0/1 map and the rule used: "inside"
+    (>= ``min_inside`` of the crop in the region; every centre when ``mask`` is None), else with
+    ``fallback``: "centre" (the centre pixel is in the region), "cover" (crops covering at least
+    half the best achievable number of region pixels); "none" when nothing is admissible.
+    """
+    h, w = shape
+    prob = np.zeros((h, w), np.float32)
+    if crop_size > h or crop_size > w:
+        return prob, "none"
+    half = crop_size // 2
+    ny, nx = h - crop_size + 1, w - crop_size + 1  # number of top-left positions
+    if mask is None:
+        prob[half : half + ny, half : half + nx] = 1.0
+        return prob, "inside"
+    m = np.asarray(mask, bool)
+    if m.shape != (h, w):
+        raise ValueError(f"mask shape {m.shape} != image shape {(h, w)}")
+    s = np.zeros((h + 1, w + 1), np.int64)
+    s[1:, 1:] = m.astype(np.int64).cumsum(0).cumsum(1)
+    c = crop_size
+    count = s[c : c + ny, c : c + nx] - s[0:ny, c : c + nx] - s[c : c + ny, 0:nx] + s[0:ny, 0:nx]
+    frac = count / float(c * c)
+    ok = frac >= min_inside - 1e-9
+    rule = "inside"
+    if not ok.any():
+        if not fallback:
+            return prob, "none"
+        ok = m[half : half + ny, half : half + nx]
+        rule = "centre"
+        if not ok.any():
+            best = frac.max()
+            if best <= 0:
+                return prob, "none"
+            ok = frac >= 0.5 * best
+            rule = "cover"
+    prob[half : half + ny, half : half + nx] = ok
+    return prob, rule
+
+
+@dataclass
+class FatherCanvas:
+    """All father sources of a batch laid side by side: images (M, C, Hc, Wc) on the device, cdf
+    float32 (M, Hc*Wc) (integer counts, exact), the per-member admissible-centre map and region map
+    on the canvas (numpy, for diagnostics/tests), the level blocks (x offset, h, w, scale) and the
+    rule used for the first level of each member."""
+
+    images: torch.Tensor
+    cdf: torch.Tensor
+    centres: np.ndarray
+    regions: np.ndarray
+    blocks: list[tuple[int, int, int, float]]
+    rules: list[str]
+    crop_size: int
+
+
+def _downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=size, mode="area")[0, 0] >= 0.5).numpy()
+
+
+def build_father_canvas(
+    levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
+    crop_size: int,
+    min_inside: float = 0.9,
+) -> FatherCanvas:
+    """levels: (images (M, C, h, w), one mask (h, w) or None per member, scale label); the first
+    level is the main source (its centre map may use the fallbacks), the others only contribute
+    crops that lie >= ``min_inside`` in the region. Levels smaller than the crop are skipped."""
+    used = [(img, masks, sc) for img, masks, sc in levels if img.shape[-2] >= crop_size and img.shape[-1] >= crop_size]
+    if not used:
+        raise ValueError(f"crop size {crop_size} does not fit the image")
+    m, c = used[0][0].shape[:2]
+    height = max(img.shape[-2] for img, _, _ in used)
+    width = sum(img.shape[-1] for img, _, _ in used)
+    device = used[0][0].device
+    images = torch.zeros((m, c, height, width), device=device, dtype=torch.float32)
+    centres = np.zeros((m, height, width), np.float32)
+    regions = np.zeros((m, height, width), bool)
+    blocks: list[tuple[int, int, int, float]] = []
+    rules = [""] * m
+    x0 = 0
+    for li, (img, masks, sc) in enumerate(used):
+        h, w = img.shape[-2:]
+        images[:, :, :h, x0 : x0 + w] = img
+        for i in range(m):
+            mk = masks[i]
+            prob, rule = region_centre_map(mk, (h, w), crop_size, min_inside, fallback=li == 0)
+            centres[i, :h, x0 : x0 + w] = prob
+            regions[i, :h, x0 : x0 + w] = True if mk is None else mk
+            if li == 0:
+                rules[i] = rule
+        blocks.append((x0, h, w, sc))
+        x0 += w
+    for i in range(m):
+        if rules[i] == "none":
+            raise ValueError(f"member {i}: the region mask is empty")
+    cdf = torch.from_numpy(centres.reshape(m, -1)).to(device).cumsum(1)
+    return FatherCanvas(images, cdf, centres, regions, blocks, rules, crop_size)
+
+
+def sample_fathers(
+    canvas: FatherCanvas, seeds: torch.Tensor, step: int, batch: int, perms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This step's father crops (M, B, C, crop, crop) (flipped/rotated) and their canvas centres
+    (M, B, 2) as (y, x). Pure function of (seed, step): no host sync."""
+    m, c = canvas.images.shape[:2]
+    cs = canvas.crop_size
+    u = rng.uniform(seeds, rng.STREAM_ZSSR_CROPS, step, (batch,))
+    crops, centres = gather_crops(canvas.images, canvas.cdf, u, cs)
+    a = rng.uniform(seeds, rng.STREAM_ZSSR_AUGMENT, step, (batch,))
+    t = (a * 8).long().clamp_max(7)
+    idx = perms[t][:, :, None, :].expand(m, batch, c, cs * cs)
+    fathers = crops.reshape(m, batch, c, cs * cs).gather(3, idx).reshape(m, batch, c, cs, cs)
+    return fathers, centres
+
+
+def make_sons(fathers: torch.Tensor, kernels: torch.Tensor, scale: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """fathers (M, B, C, S, S) -> bicubic-upsampled sons of the same shape: D_k(father) (+ noise)."""
+    m, b, c, h, w = fathers.shape
+    sons = blur_downsample(fathers.reshape(m, b * c, h, w), kernels, scale)
+    if noise is not None:
+        sons = sons + noise.reshape(sons.shape)
+    return _upsample(sons, (h, w)).reshape(m, b, c, h, w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class StageInfo:
+    """One member's training in one step: iterations run, final lr, mean training L1 over the last
+    ``lr_policy_window`` iterations, last reconstruction error, the centre rule used."""
+
+    iterations: int
+    final_lr: float
+    loss: float
+    rec_error: float
+    rule: str
+
+
+def _slope_and_se(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    x = x.astype(np.float64)
+    y = y.astype(np.float64)
+    xm = x - x.mean()
+    sxx = float((xm**2).sum())
+    slope = float((xm * (y - y.mean())).sum() / sxx)
+    resid = y - y.mean() - slope * xm
+    dof = max(1, len(x) - 2)
+    se = math.sqrt(float((resid**2).sum()) / dof / sxx)
+    return slope, se
+
+
+def train_members(
+    levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
+    kernels: torch.Tensor,
+    scale: int,
+    config: ZSSRConfig,
+    seeds: Sequence[int],
+    crop_size: int,
+    stage: int = 0,
+    init: MemberConvNet | None = None,
+) -> tuple[MemberConvNet, list[StageInfo], int]:
+    """Train M members on fathers from ``levels`` (see :func:`build_father_canvas`; the first level
+    is the image being upscaled) with kernels (M, K, K) at ``scale``. Returns the trained net (all
+    members), per-member info and the number of batched iterations run."""
+    device = levels[0][0].device
+    m = len(seeds)
+    canvas = build_father_canvas(levels, crop_size, config.region_min_inside)
+    cs = crop_size
+    kernels = kernels.to(device)
+    seeds_all = torch.as_tensor(list(seeds), dtype=torch.int64, device=device)
+    perms = _dihedral_permutations(cs, device)
+    autocast, loss_scale = _autocast(device, config)
+    step0 = stage * _STAGE_STRIDE
+
+    if init is None:
+        net = MemberConvNet.initialise(
+            seeds, canvas.images.shape[1], config.channels, config.depth, STREAM_ZSSR_INIT + 16 * stage, device
+        )
+    else:
+        net = MemberConvNet(
+            [w.detach().clone() for w in init.weights], [b.detach().clone() for b in init.biases], init.grouped
+        )
+    final = MemberConvNet([w.detach().clone() for w in net.weights], [b.detach().clone() for b in net.biases], net.grouped)
+    net.requires_grad_(True)
+    opt = MemberAdam(net.parameters(), torch.full((m,), config.lr, device=device))
+
+    # Fixed reconstruction-error crops: drawn once per member from its first-level region.
+    rec_canvas = build_father_canvas(levels[:1], crop_size, config.region_min_inside)
+    n_rec = max(1, config.rec_crops)
+    u = rng.uniform(seeds_all, STREAM_ZSSR_REC, step0, (n_rec,))
+    rec_fathers, _ = gather_crops(rec_canvas.images, rec_canvas.cdf, u, cs)
+    rec_sons = make_sons(rec_fathers, kernels, scale)
+    shave = min(config.depth, cs // 4)
+    del rec_canvas
+
+    ids = list(range(m))  # global member ids of the current batch
+    seeds_t = seeds_all
+    lrs = [config.lr] * m
+    last_change = [0] * m
+    window = config.lr_policy_window
+    n_slots = config.iterations // max(1, config.rec_every) + 1
+    rec_buf = torch.zeros((m, n_slots), device=device)
+    rec_iters: list[int] = []
+    loss_hist = torch.zeros((m, max(1, window)), device=device)
+    infos: list[StageInfo | None] = [None] * m
+    checks = {config.min_iterations, config.iterations}
+    noise_std = float(config.noise_std)
+    c = canvas.images.shape[1]
+
+    t = 0
+    for t in range(1, config.iterations + 1):
+        key = step0 + t
+        fathers, _ = sample_fathers(canvas, seeds_t, key, config.batch_size, perms)
+        noise = None
+        if noise_std > 0:
+            shape = (config.batch_size * c, math.ceil(cs / scale), math.ceil(cs / scale))
+            noise = noise_std * rng.normal(seeds_t, rng.STREAM_ZSSR_NOISE, key, shape)
+        sons = make_sons(fathers, kernels, scale, noise)
+        with autocast:
+            out = net(sons)
+        loss_m = (out.float() - fathers).abs().mean(dim=(1, 2, 3, 4))
+        grads = torch.autograd.grad(loss_m.sum() * loss_scale, net.parameters())
+        if loss_scale != 1.0:
+            grads = [torch.nan_to_num(g.float() / loss_scale, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+        opt.step(grads)
+        loss_hist[:, t % loss_hist.shape[1]] = loss_m.detach()
+
+        if t % config.rec_every == 0:
+            with torch.no_grad(), autocast:
+                rec_out = net(rec_sons)
+            diff = (rec_out.float() - rec_fathers)[..., shave : cs - shave, shave : cs - shave]
+            rec_buf[:, len(rec_iters)] = diff.abs().mean(dim=(1, 2, 3, 4))
+            rec_iters.append(t)
+
+        policy = t % config.lr_policy_every == 0
+        if not (policy or t in checks):
+            continue
+        # ---- one host sync: learning-rate policy and stopping ----
+        rec_host = rec_buf[:, : len(rec_iters)].cpu().numpy()
+        iters = np.asarray(rec_iters)
+        for i in range(len(ids)):
+            g = ids[i]
+            if policy and t - last_change[g] >= window:
+                sel = (iters > t - window) & (iters > last_change[g])
+                if sel.sum() >= 3:
+                    slope, se = _slope_and_se(iters[sel], rec_host[i, sel])
+                    if not (-slope > config.lr_slope_ratio * se):
+                        lrs[g] /= config.lr_decay
+                        last_change[g] = t
+        done = [
+            i
+            for i, g in enumerate(ids)
+            if t >= config.iterations or (lrs[g] < config.lr_min and t >= config.min_iterations)
+        ]
+        if done:
+            loss_host = loss_hist.mean(1).cpu().numpy()
+            idx = torch.as_tensor(done, device=device)
+            gidx = torch.as_tensor([ids[i] for i in done], device=device)
+            for fw, w in zip(final.parameters(), net.parameters()):
+                fw.index_copy_(0, gidx, w.detach().index_select(0, idx))
+            for i in done:
+                rec_last = float(rec_host[i, -1]) if rec_host.shape[1] else float("nan")
+                infos[ids[i]] = StageInfo(t, lrs[ids[i]], float(loss_host[i]), rec_last, canvas.rules[ids[i]])
+            keep = [i for i in range(len(ids)) if i not in set(done)]
+            if not keep:
+                break
+            kidx = torch.as_tensor(keep, device=device)
+            net = net.select(kidx).requires_grad_(True)
+            opt = opt.select(kidx, net.parameters())
+            ids = [ids[i] for i in keep]
+            seeds_t = seeds_t.index_select(0, kidx)
+            canvas.images = canvas.images.index_select(0, kidx)
+            canvas.cdf = canvas.cdf.index_select(0, kidx)
+            kernels = kernels.index_select(0, kidx)
+            rec_sons = rec_sons.index_select(0, kidx)
+            rec_fathers = rec_fathers.index_select(0, kidx)
+            rec_buf = rec_buf.index_select(0, kidx)
+            loss_hist = loss_hist.index_select(0, kidx)
+        opt.lr = torch.tensor([lrs[g] for g in ids], device=device, dtype=torch.float32)
+    for g in range(m):  # only when no iteration ran (iterations == 0)
+        if infos[g] is None:
+            infos[g] = StageInfo(t, lrs[g], float("nan"), float("nan"), canvas.rules[g])
+    return final, infos, t
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference
+# ------------------------------------------------------------------------------------------------
+def forward_tiled(net: MemberConvNet, x: torch.Tensor, tile: int) -> torch.Tensor:
+    """net(x) for one member, x (1, C, H, W), computed on tiles of at most ``tile`` output pixels
+    with a halo of ``depth`` pixels (the receptive radius), so the result equals one whole pass."""
+    h, w = x.shape[-2:]
+    if h <= tile and w <= tile:
+        return net(x).float()
+    halo = len(net.weights)
+    out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+            a0, b0 = max(0, y0 - halo), max(0, x0 - halo)
+            a1, b1 = min(h, y1 + halo), min(w, x1 + halo)
+            y = net(x[..., a0:a1, b0:b1]).float()
+            out[..., y0:y1, x0:x1] = y[..., y0 - a0 : y1 - a0, x0 - b0 : x1 - b0]
+    return out
+
+
+def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor, scale: int, iterations: int) -> torch.Tensor:
+    """sr (1, C, sH, sW), lr (1, C, H, W), kernel (1, K, K): sr += up(lr - D_k(sr)), ``iterations`` times."""
+    for _ in range(iterations):
+        sr = sr + _upsample(lr - blur_downsample(sr, kernel, scale), sr.shape[-2:])
+    return sr
+
+
+@torch.no_grad()
+def upscale_member(
+    net: MemberConvNet, lr: torch.Tensor, kernel: torch.Tensor, scale: int, config: ZSSRConfig
+) -> torch.Tensor:
+    """One member's SR of lr (1, C, H, W) -> (1, C, sH, sW) float32 (not clipped): self-ensemble
+    median of the net on the bicubic upsampling, then back-projection with ``kernel`` (1, K, K)."""
+    autocast, _ = _autocast(lr.device, config)
+    up = _upsample(lr, (lr.shape[-2] * scale, lr.shape[-1] * scale))
+    transforms = range(8) if config.self_ensemble else range(1)
+    outs = []
+    for t in transforms:
+        with autocast:
+            y = forward_tiled(net, dihedral(up, t), config.inference_tile)
+        outs.append(dihedral_inverse(y, t))
+    if len(outs) == 1:
+        sr = outs[0]
+    else:
+        stacked = torch.stack(outs).sort(dim=0).values
+        n = stacked.shape[0]
+        sr = 0.5 * (stacked[(n - 1) // 2] + stacked[n // 2])
+    return back_project(sr, lr, kernel, scale, config.back_projection_iterations)
+
+
+def region_box(mask: np.ndarray | None, shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) bounding box of the mask plus ``margin`` pixels, clipped; whole image for None."""
+    h, w = shape
+    if mask is None:
+        return 0, h, 0, w
+    rows = np.flatnonzero(np.asarray(mask).any(1))
+    cols = np.flatnonzero(np.asarray(mask).any(0))
+    if rows.size == 0:
+        raise ValueError("empty region mask")
+    return (max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin), max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin))
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class MemberInfo:
+    """Per member: one :class:`StageInfo` per SR step (two for gradual x4), the LR box that was
+    super-resolved (y0, y1, x0, x1) and the member's share of the wall time is not separable in a
+    batch, so ``seconds`` is the whole call's."""
+
+    stages: list[StageInfo] = field(default_factory=list)
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def iterations(self) -> int:
+        return sum(s.iterations for s in self.stages)
+
+    @property
+    def final_lr(self) -> float:
+        return self.stages[-1].final_lr
+
+    @property
+    def loss(self) -> float:
+        return self.stages[-1].loss
+
+
+@dataclass
+class ZSSRResult:
+    """images: one float32 (sH, sW[, C]) array in [0, 1] per member; members: per-member info;
+    iterations: batched training iterations run (all steps); seconds: wall time of the call;
+    train_seconds: of which training; iterations_per_second = iterations / train_seconds."""
+
+    images: list[np.ndarray]
+    members: list[MemberInfo]
+    iterations: int
+    seconds: float
+    train_seconds: float
+
+    @property
+    def iterations_per_second(self) -> float:
+        return self.iterations / max(self.train_seconds, 1e-9)
+
+
+def _levels_for(source: torch.Tensor, masks: Sequence[np.ndarray | None], config: ZSSRConfig):
+    """The source (M, C, h, w) and its scale-jitter pyramid with matching masks."""
+    levels = [(source, list(masks), 1.0)]
+    if config.scale_jitter:
+        h, w = source.shape[-2:]
+        for sc in config.scale_jitter_levels:
+            if sc >= 1.0:
+                continue
+            img = resize_bicubic(source, sc).clamp(0, 1)
+            size = tuple(img.shape[-2:])
+            lm = [None if mk is None else _downscale_mask(np.asarray(mk, bool), size) for mk in masks]
+            levels.append((img, lm, sc))
+    return levels
+
+
+def _crop_size(config: ZSSRConfig, shape: tuple[int, int], scale: int) -> int:
+    cs = min(config.crop_size, shape[0], shape[1])
+    cs -= cs % scale
+    if cs < 2 * scale:
+        raise ValueError(f"image {shape} too small for ZSSR at x{scale}")
+    return cs
+
+
+def run_zssr(
+    image: np.ndarray,
+    kernels: Sequence[np.ndarray],
+    scale: int,
+    config: ZSSRConfig | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    kernel_scale: int | None = None,
+) -> ZSSRResult:
+    """Super-resolve ``image`` (float32 HxW or HxWxC in [0, 1]) once per member.
+
+    kernels: one per member; for ``scale == 4`` these are the *x2* kernels (gradual x4, see the module
+    docstring) unless ``kernel_scale=4`` says they are x4 kernels (then one direct x4 step); for other
+    scales, kernels for that scale. masks: one bool HxW (LR) region per member or None (whole image);
+    seeds: one int per member (default 0..M-1). Returns a :class:`ZSSRResult`.
+    """
+    config = config or ZSSRConfig.preset("fast")
+    device = torch.device(device)
+    t_start = time.perf_counter()
+    img = np.asarray(image, np.float32)
+    grey2d = img.ndim == 2
+    if grey2d:
+        img = img[..., None]
+    if img.ndim != 3:
+        raise ValueError(f"image must be HxW or HxWxC, got {image.shape}")
+    alpha = None
+    if img.shape[2] == 4:
+        alpha, img = img[..., 3:], img[..., :3]
+    h, w = img.shape[:2]
+    m = len(kernels)
+    if m == 0:
+        raise ValueError("no kernels given")
+    masks = [None] * m if masks is None else list(masks)
+    seeds = list(range(m)) if seeds is None else [int(s) for s in seeds]
+    if len(masks) != m or len(seeds) != m:
+        raise ValueError("kernels, masks and seeds must have one entry per member")
+    if kernel_scale is None:
+        kernel_scale = 2 if scale == 4 else scale
+    if kernel_scale not in (scale, 2) or (kernel_scale == 2 and scale not in (2, 4)):
+        raise ValueError(f"kernel_scale {kernel_scale} does not fit scale {scale}")
+    gradual = scale == 4 and kernel_scale == 2 and config.gradual_x4
+    k_given = align_kernels(kernels)
+    if scale == 4 and kernel_scale == 2 and not gradual:
+        k_step = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels])
+    else:
+        k_step = k_given
+    for mk in masks:
+        if mk is not None and np.asarray(mk).shape != (h, w):
+            raise ValueError(f"mask shape {np.asarray(mk).shape} != image shape {(h, w)}")
+
+    lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(device)[None]  # (1, C, h, w)
+    boxes = [region_box(mk, (h, w), config.inference_margin) for mk in masks]
+    step_scale = 2 if gradual else scale
+    train_seconds = 0.0
+    total_iters = 0
+
+    # ---- step 1 (the only one unless gradual x4) ----
+    source = lr.expand(m, -1, -1, -1)
+    t0 = time.perf_counter()
+    net, infos1, iters = train_members(
+        _levels_for(source, masks, config), k_step, step_scale, config, seeds, _crop_size(config, (h, w), step_scale)
+    )
+    train_seconds += time.perf_counter() - t0
+    total_iters += iters
+    outs = []
+    for i in range(m):
+        y0, y1, x0, x1 = boxes[i]
+        full = _upsample(lr, (h * step_scale, w * step_scale))
+        sr = upscale_member(net.select([i]), lr[..., y0:y1, x0:x1], k_step[i : i + 1].to(device), step_scale, config)
+        full[..., y0 * step_scale : y1 * step_scale, x0 * step_scale : x1 * step_scale] = sr
+        outs.append(full.clamp(0, 1))
+    members = [MemberInfo([infos1[i]], boxes[i]) for i in range(m)]
+
+    # ---- step 2 of gradual x4: I -> HR with the same x2 kernel ----
+    if gradual:
+        mid = torch.cat(outs)  # (M, C, 2h, 2w)
+        masks2 = [None if mk is None else np.repeat(np.repeat(np.asarray(mk, bool), 2, 0), 2, 1) for mk in masks]
+        levels = _levels_for(mid, masks2, config) + [(source, masks, 0.5)]
+        t0 = time.perf_counter()
+        net2, infos2, iters = train_members(
+            levels, k_given, 2, config, seeds, _crop_size(config, (2 * h, 2 * w), 2), stage=1,
+            init=net if config.x4_warm_start else None,
+        )
+        train_seconds += time.perf_counter() - t0
+        total_iters += iters
+        k4 = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels]).to(device)
+        outs2 = []
+        for i in range(m):
+            y0, y1, x0, x1 = boxes[i]
+            full = _upsample(lr, (4 * h, 4 * w))
+            sr = upscale_member(
+                net2.select([i]), mid[i : i + 1, :, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1], k_given[i : i + 1].to(device), 2, config
+            )
+            sr = back_project(sr, lr[..., y0:y1, x0:x1], k4[i : i + 1], 4, config.back_projection_iterations)
+            full[..., 4 * y0 : 4 * y1, 4 * x0 : 4 * x1] = sr
+            outs2.append(full.clamp(0, 1))
+            members[i].stages.append(infos2[i])
+        outs = outs2
+
+    images = []
+    for out in outs:
+        arr = out[0].float().cpu().numpy().transpose(1, 2, 0)
+        if alpha is not None:
+            a = _upsample(torch.from_numpy(np.ascontiguousarray(alpha.transpose(2, 0, 1)))[None], arr.shape[:2])
+            arr = np.concatenate([arr, a[0].numpy().transpose(1, 2, 0).clip(0, 1)], axis=2)
+        if grey2d:
+            arr = arr[..., 0]
+        images.append(np.ascontiguousarray(arr, dtype=np.float32))
+    return ZSSRResult(images, members, total_iters, time.perf_counter() - t_start, train_seconds)
+
+
+def super_resolve(
+    image: np.ndarray,
+    kernels: Sequence[np.ndarray],
+    scale: int,
+    config: ZSSRConfig | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    kernel_scale: int | None = None,
+) -> list[np.ndarray]:
+    """One HR image (float32 (H*scale)x(W*scale)[xC] in [0, 1]) per member; see :func:`run_zssr`."""
+    return run_zssr(image, kernels, scale, config, masks, seeds, device, kernel_scale).images
