@@ -125,7 +125,8 @@ def diagnose(
                 checks.append(Check("engines", "fail", f"{engines}: no exported artefacts"))
             for row in rows:
                 checks.append(Check(f"engine {row['model']}/{row['format']}", "fail" if row.get("problem") else "ok",
-                                    row.get("problem") or f"{row['file']} ({row.get('precision', '?')})"))
+                                    row.get("problem") or f"{row['file']} ({row['precision']}, {row['size_mb']} MB, "
+                                    f"parity {row['parity']}, {row['built_with']})"))
         except (FileNotFoundError, ValueError) as error:
             checks.append(Check("engines", "fail", str(error)))
     return checks
