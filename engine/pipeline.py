@@ -191,7 +191,7 @@ class Engine:
         if len(outputs) == 1:
             return outputs[0]
         with self._stage("merge"):
-            return merge_regions(outputs, region_map.upscale(scale), region_map.label_ids)
+            return merge_regions(outputs, region_map.upscale(scale), region_map.label_ids, scale=scale)
 
     # ----------------------------------------------------------------------------- whole image
     def run(
