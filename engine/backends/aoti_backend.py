@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mkgan_engine.backends.base import ExportedDetector, ExportedSamDecoder, ExportedSamEncoder
 from mkgan_engine.export.manifest import Artefact, locate_artefact
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class _AotiModel:
         return cls(path, device=device, artefact=artefact, **kwargs)
 
 
-class AotiDetector(_AotiModel):
+class AotiDetector(ExportedDetector, _AotiModel):
     """:class:`~mkgan_engine.backends.base.DetectorBackend` on ``yolo.pt2``."""
 
     model = "yolo"
@@ -83,30 +84,18 @@ class AotiDetector(_AotiModel):
             raise ValueError(f"{self.path.name}: detector input size unknown (pass input_size)")
         self.input_size = int(size)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        if images.ndim != 4 or images.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"detector input must be (1, 3, {self.input_size}, {self.input_size}), got {images.shape}")
-        return self.run(images)[0]
 
-
-class AotiSamEncoder(_AotiModel):
+class AotiSamEncoder(ExportedSamEncoder, _AotiModel):
     """:class:`~mkgan_engine.backends.base.SamEncoderBackend` on ``sam_encoder.pt2``."""
 
     model = "sam_encoder"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.run(image)[0]
 
-
-class AotiSamDecoder(_AotiModel):
+class AotiSamDecoder(ExportedSamDecoder, _AotiModel):
     """:class:`~mkgan_engine.backends.base.SamDecoderBackend` on ``sam_decoder.pt2`` (N boxes, chunked past the max)."""
 
     model = "sam_decoder"
 
-    def __call__(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        if len(boxes) == 0:
-            return np.zeros((0, 1, 256, 256), np.float32), np.zeros((0, 1), np.float32)
-        step = int((self.artefact.extra.get("max_boxes") if self.artefact else None) or len(boxes))
-        parts = [self.run(embeddings, boxes[i:i + step]) for i in range(0, len(boxes), step)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    def max_boxes(self) -> int | None:
+        value = self.artefact.extra.get("max_boxes") if self.artefact else None
+        return int(value) if value else None

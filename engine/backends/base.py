@@ -47,3 +47,40 @@ class SamDecoderBackend(Protocol):
     name: str
 
     def __call__(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ExportedDetector:
+    """:class:`DetectorBackend` call shared by the exported-file backends (onnxruntime, tensorrt,
+    aoti): they provide ``input_size`` and ``run(*arrays) -> list of float32 outputs``."""
+
+    input_size: int
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if images.ndim != 4 or images.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"detector input must be (1, 3, {self.input_size}, {self.input_size}), got {images.shape}")
+        return self.run(images)[0]  # type: ignore[attr-defined]
+
+
+class ExportedSamEncoder:
+    """:class:`SamEncoderBackend` call shared by the exported-file backends."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if image.shape[-3:] != (3, 1024, 1024):
+            raise ValueError(f"SAM encoder input must be (1, 3, 1024, 1024), got {image.shape}")
+        return self.run(image)[0]  # type: ignore[attr-defined]
+
+
+class ExportedSamDecoder:
+    """:class:`SamDecoderBackend` call shared by the exported-file backends: N boxes in calls of at
+    most :meth:`max_boxes` (what the exported file accepts; None = any number)."""
+
+    def max_boxes(self) -> int | None:
+        return None
+
+    def __call__(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            return np.zeros((0, 1, 256, 256), np.float32), np.zeros((0, 1), np.float32)
+        step = self.max_boxes() or len(boxes)
+        parts = [self.run(embeddings, boxes[i : i + step]) for i in range(0, len(boxes), step)]  # type: ignore[attr-defined]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mkgan_engine.backends.base import ExportedDetector, ExportedSamDecoder, ExportedSamEncoder
 from mkgan_engine.export.manifest import Artefact, locate_artefact
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class _OrtModel:
         return cls(path, device=device, artefact=artefact, **kwargs)
 
 
-class OnnxRuntimeDetector(_OrtModel):
+class OnnxRuntimeDetector(ExportedDetector, _OrtModel):
     """:class:`~mkgan_engine.backends.base.DetectorBackend` on ``yolo.onnx``: (1, 3, S, S) -> (1, 4 + nc, A)."""
 
     model = "yolo"
@@ -106,31 +107,14 @@ class OnnxRuntimeDetector(_OrtModel):
         out = self.session.get_outputs()[0].shape
         self.num_classes = int(out[1]) - 4 if isinstance(out[1], int) else None
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        if images.ndim != 4 or images.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"detector input must be (1, 3, {self.input_size}, {self.input_size}), got {images.shape}")
-        return self.run(images)[0]
 
-
-class OnnxRuntimeSamEncoder(_OrtModel):
+class OnnxRuntimeSamEncoder(ExportedSamEncoder, _OrtModel):
     """:class:`~mkgan_engine.backends.base.SamEncoderBackend` on ``sam_encoder.onnx``."""
 
     model = "sam_encoder"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        if image.shape[-3:] != (3, 1024, 1024):
-            raise ValueError(f"SAM encoder input must be (1, 3, 1024, 1024), got {image.shape}")
-        return self.run(image)[0]
 
-
-class OnnxRuntimeSamDecoder(_OrtModel):
+class OnnxRuntimeSamDecoder(ExportedSamDecoder, _OrtModel):
     """:class:`~mkgan_engine.backends.base.SamDecoderBackend` on ``sam_decoder.onnx`` (dynamic N boxes)."""
 
     model = "sam_decoder"
-
-    def __call__(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        if len(boxes) == 0:
-            return np.zeros((0, 1, 256, 256), np.float32), np.zeros((0, 1), np.float32)
-        masks, iou = self.run(embeddings, boxes)
-        return masks, iou

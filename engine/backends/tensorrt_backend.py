@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mkgan_engine.backends.base import ExportedDetector, ExportedSamDecoder, ExportedSamEncoder
 from mkgan_engine.export.manifest import Artefact, locate_artefact
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class _TrtModel:
         return cls(path, device=device, artefact=artefact, **kwargs)
 
 
-class TensorRTDetector(_TrtModel):
+class TensorRTDetector(ExportedDetector, _TrtModel):
     """:class:`~mkgan_engine.backends.base.DetectorBackend` on ``yolo.engine``."""
 
     model = "yolo"
@@ -132,30 +133,17 @@ class TensorRTDetector(_TrtModel):
         shape = tuple(self.engine.get_tensor_shape(self.input_names[0]))
         self.input_size = int(shape[-1]) if shape[-1] > 0 else int((artefact.extra if artefact else {}).get("imgsz", 640))
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        if images.ndim != 4 or images.shape[-2:] != (self.input_size, self.input_size):
-            raise ValueError(f"detector input must be (1, 3, {self.input_size}, {self.input_size}), got {images.shape}")
-        return self.run(images)[0]
 
-
-class TensorRTSamEncoder(_TrtModel):
+class TensorRTSamEncoder(ExportedSamEncoder, _TrtModel):
     """:class:`~mkgan_engine.backends.base.SamEncoderBackend` on ``sam_encoder.engine``."""
 
     model = "sam_encoder"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.run(image)[0]
 
-
-class TensorRTSamDecoder(_TrtModel):
+class TensorRTSamDecoder(ExportedSamDecoder, _TrtModel):
     """:class:`~mkgan_engine.backends.base.SamDecoderBackend` on ``sam_decoder.engine``; N > profile max is chunked."""
 
     model = "sam_decoder"
 
-    def __call__(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        if len(boxes) == 0:
-            return np.zeros((0, 1, 256, 256), np.float32), np.zeros((0, 1), np.float32)
-        step = self.profile_max(self.input_names[1]) or len(boxes)
-        parts = [self.run(embeddings, boxes[i:i + step]) for i in range(0, len(boxes), step)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    def max_boxes(self) -> int | None:
+        return self.profile_max(self.input_names[1])
