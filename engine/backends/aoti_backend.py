@@ -14,16 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mkgan_engine.backends.base import ExportedDetector, ExportedSamDecoder, ExportedSamEncoder
-from mkgan_engine.export.manifest import Artefact, locate_artefact
+from mkgan_engine.backends.base import ExportedDetector, ExportedModel, ExportedSamDecoder, ExportedSamEncoder
+from mkgan_engine.export.manifest import Artefact
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AotiDetector", "AotiSamDecoder", "AotiSamEncoder"]
 
 
-class _AotiModel:
+class _AotiModel(ExportedModel):
     name = "aoti"
+    file_format = "aoti"
 
     def __init__(self, path: Path | str, device: str | None = None, artefact: Artefact | None = None) -> None:
         import torch
@@ -60,13 +61,6 @@ class _AotiModel:
         if not isinstance(out, (list, tuple)):
             out = [out]
         return [o.detach().float().cpu().numpy() for o in out]
-
-    @classmethod
-    def from_dir(cls, engines_dir: Path | str, model: str, device: str | None = None,
-                 weights: Path | str | None = None, **kwargs):
-        """Load ``model`` (yolo|sam_encoder|sam_decoder) from an engines dir via its manifest."""
-        path, artefact = locate_artefact(engines_dir, model, "aoti", weights)
-        return cls(path, device=device, artefact=artefact, **kwargs)
 
 
 class AotiDetector(ExportedDetector, _AotiModel):

@@ -49,6 +49,23 @@ class SamDecoderBackend(Protocol):
     def __call__(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class ExportedModel:
+    """Loading shared by the exported-file backends: ``file_format`` is the manifest's format
+    ("onnx", "engine", "aoti"), ``default_device`` the device used when none is given."""
+
+    file_format: str
+    default_device: str | None = None
+
+    @classmethod
+    def from_dir(cls, engines_dir, model: str, device: str | None = None, weights=None, **kwargs):
+        """Load ``model`` (yolo|sam_encoder|sam_decoder) from an engines dir via its manifest,
+        checking the source weights' sha256 when ``weights`` is given."""
+        from mkgan_engine.export.manifest import locate_artefact
+
+        path, artefact = locate_artefact(engines_dir, model, cls.file_format, weights)
+        return cls(path, device=device or cls.default_device, artefact=artefact, **kwargs)
+
+
 class ExportedDetector:
     """:class:`DetectorBackend` call shared by the exported-file backends (onnxruntime, tensorrt,
     aoti): they provide ``input_size`` and ``run(*arrays) -> list of float32 outputs``."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mkgan_engine.backends.base import ExportedDetector, ExportedSamDecoder, ExportedSamEncoder
-from mkgan_engine.export.manifest import Artefact, locate_artefact
+from mkgan_engine.backends.base import ExportedDetector, ExportedModel, ExportedSamDecoder, ExportedSamEncoder
+from mkgan_engine.export.manifest import Artefact
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,12 @@ def ort_providers(device: str | None) -> list:
     return providers
 
 
-class _OrtModel:
+class _OrtModel(ExportedModel):
     """One InferenceSession; numpy float32 in -> list of numpy float32 out."""
 
     name = "onnxruntime"
+    file_format = "onnx"
+    default_device = "cpu"
 
     def __init__(self, path: Path | str, device: str | None = "cpu", artefact: Artefact | None = None,
                  threads: int | None = None) -> None:
@@ -82,13 +84,6 @@ class _OrtModel:
     def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
         feeds = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(self.input_names, arrays)}
         return [np.asarray(o, dtype=np.float32) for o in self.session.run(self.output_names, feeds)]
-
-    @classmethod
-    def from_dir(cls, engines_dir: Path | str, model: str, device: str | None = "cpu",
-                 weights: Path | str | None = None, **kwargs):
-        """Load ``model`` (yolo|sam_encoder|sam_decoder) from an engines dir via its manifest."""
-        path, artefact = locate_artefact(engines_dir, model, "onnx", weights)
-        return cls(path, device=device, artefact=artefact, **kwargs)
 
 
 class OnnxRuntimeDetector(ExportedDetector, _OrtModel):

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mkgan_engine.backends.base import ExportedDetector, ExportedSamDecoder, ExportedSamEncoder
-from mkgan_engine.export.manifest import Artefact, locate_artefact
+from mkgan_engine.backends.base import ExportedDetector, ExportedModel, ExportedSamDecoder, ExportedSamEncoder
+from mkgan_engine.export.manifest import Artefact
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,10 @@ _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT
                  "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
 
 
-class _TrtModel:
+class _TrtModel(ExportedModel):
     name = "tensorrt"
+    file_format = "engine"
+    default_device = "cuda"
 
     def __init__(self, path: Path | str, device: str | None = "cuda", artefact: Artefact | None = None) -> None:
         from mkgan_engine.export.tensorrt_export import make_logger, require_tensorrt
@@ -114,13 +116,6 @@ class _TrtModel:
             result = [o.float().cpu() for o in outs]  # on self.stream: ordered after the engine
         self.stream.synchronize()
         return [r.numpy() for r in result]
-
-    @classmethod
-    def from_dir(cls, engines_dir: Path | str, model: str, device: str | None = "cuda",
-                 weights: Path | str | None = None, **kwargs):
-        """Load ``model`` (yolo|sam_encoder|sam_decoder) from an engines dir via its manifest."""
-        path, artefact = locate_artefact(engines_dir, model, "engine", weights)
-        return cls(path, device=device, artefact=artefact, **kwargs)
 
 
 class TensorRTDetector(ExportedDetector, _TrtModel):
