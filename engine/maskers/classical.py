@@ -166,17 +166,28 @@ def _min_over_covering(grid: np.ndarray, p: int, s: int, shape: tuple[int, int])
     return np.repeat(np.repeat(cells, s, axis=0), s, axis=1)[:h, :w]
 
 
-class EdgeMasker(_ClassicalMasker):
+class _DensityMasker(_ClassicalMasker):
+    """A masker scoring pixels by the density of detected points (edges, anchors) in a window."""
+
+    def __init__(self, config: MaskerConfig | None = None, window: int | None = None) -> None:
+        super().__init__(config)
+        self.window = window
+
+    def window_density(self, points: np.ndarray) -> np.ndarray:
+        """points: bool HxW -> float32 HxW: the share of points in a ``window``-sided box (default
+        :func:`_window`), then the lowest density of the windows containing each pixel."""
+        win = self.window or _window(points.shape)
+        density = cv2.boxFilter(points.astype(np.float32), -1, (win, win), borderType=cv2.BORDER_REFLECT)
+        return _min_over_windows(density, win)
+
+
+class EdgeMasker(_DensityMasker):
     """Edge-density masker: Canny edges of the unsmoothed image (high threshold = the "sharp"
     gradient level of :func:`_strong_gradient` measured on the sigma-1 smoothed image, low = half
     of it), averaged in a ``window``-sided box (default 1/16 of the short side), then the lowest
     density of the windows containing each pixel."""
 
     name = "edges"
-
-    def __init__(self, config: MaskerConfig | None = None, window: int | None = None) -> None:
-        super().__init__(config)
-        self.window = window
 
     def score(self, image: np.ndarray) -> np.ndarray:
         grey = to_grey(image)
@@ -185,22 +196,16 @@ class EdgeMasker(_ClassicalMasker):
             return np.zeros(grey.shape, np.float32)
         high = _strong_gradient(mag)
         edges = cv2.Canny(np.clip(grey + 0.5, 0, 255).astype(np.uint8), high / 2, high, L2gradient=True)
-        win = self.window or _window(grey.shape)
-        density = cv2.boxFilter((edges > 0).astype(np.float32), -1, (win, win), borderType=cv2.BORDER_REFLECT)
-        return _min_over_windows(density, win)
+        return self.window_density(edges > 0)
 
 
-class GradientMasker(_ClassicalMasker):
+class GradientMasker(_DensityMasker):
     """Gradient-anchor masker: anchors are the 3x3 local maxima of the gradient magnitude that are
     "sharp" (:func:`_strong_gradient`); their density in a ``window``-sided box (default 1/16 of
     the short side, the lowest density of the windows containing each pixel) grows them into a
     region."""
 
     name = "gradient"
-
-    def __init__(self, config: MaskerConfig | None = None, window: int | None = None) -> None:
-        super().__init__(config)
-        self.window = window
 
     def score(self, image: np.ndarray) -> np.ndarray:
         grey = to_grey(image)
@@ -209,10 +214,7 @@ class GradientMasker(_ClassicalMasker):
             return np.zeros(grey.shape, np.float32)
         strong = mag >= _strong_gradient(mag)
         local_max = mag >= cv2.dilate(mag, np.ones((3, 3), np.uint8))
-        anchors = (strong & local_max).astype(np.float32)
-        win = self.window or _window(grey.shape)
-        density = cv2.boxFilter(anchors, -1, (win, win), borderType=cv2.BORDER_REFLECT)
-        return _min_over_windows(density, win)
+        return self.window_density(strong & local_max)
 
 
 class WholeImageMasker:
