@@ -282,6 +282,13 @@ def _prepare_references(job: _Job, imgsz: int) -> None:
             job.references.append(tuple(o.clone() for o in out) if isinstance(out, (tuple, list)) else (out.clone(),))
 
 
+def _stamp(art: Artefact, t0: float) -> Artefact:
+    """Record the export's wall time (seconds since ``t0``) and the process's peak RSS (MB) on ``art``."""
+    art.export_seconds = round(time.perf_counter() - t0, 2)
+    art.extra["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return art
+
+
 def _measure(job: _Job, run: Callable[..., list], precision: str, runtime: str) -> Parity:
     from mkgan_engine.export.parity import decoder_parity, detector_parity, encoder_parity
 
@@ -374,8 +381,7 @@ def _export_job(job: _Job, fmts: tuple[str, ...], tmp: Path, *, dev: torch.devic
             onnx_art.parity = _measure(job, ort_model.run, "fp32", f"onnxruntime {versions.get('onnxruntime')} "
                                        f"{ort_model.provider}")
             del ort_model
-        onnx_art.extra["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-        onnx_art.export_seconds = round(time.perf_counter() - t0, 2)
+        _stamp(onnx_art, t0)
         log.info("%s -> %s in %.1f s", job.model, path.name, onnx_art.export_seconds)
         results.append(onnx_art)
 
@@ -430,12 +436,10 @@ def _engine(job: _Job, onnx_art: Artefact, tmp: Path, *, trt: ModuleType, dev: t
     if check_parity:
         from mkgan_engine.backends.tensorrt_backend import _TrtModel
 
-        model = _TrtModel(path, device=str(dev), artefact=art)
-        art.parity = _measure(job, model.run, result.precision, f"tensorrt {trt.__version__}")
-        del model
-    art.export_seconds = round(time.perf_counter() - t0, 2)
-    art.extra["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    return art
+        engine_run = _TrtModel(path, device=str(dev), artefact=art).run
+        art.parity = _measure(job, engine_run, result.precision, f"tensorrt {trt.__version__}")
+        del engine_run  # release the engine before returning
+    return _stamp(art, t0)
 
 
 def _aoti(job: _Job, tmp: Path, *, dev: torch.device, half: bool, spec: IOSpec, dyn: tuple | None,
@@ -467,12 +471,10 @@ def _aoti(job: _Job, tmp: Path, *, dev: torch.device, half: bool, spec: IOSpec, 
     if check_parity:
         from mkgan_engine.backends.aoti_backend import _AotiModel
 
-        model = _AotiModel(path, device=str(dev), artefact=art)
-        art.parity = _measure(job, model.run, art.precision, f"aoti torch {torch.__version__} {dev.type}")
-        del model
-    art.export_seconds = round(time.perf_counter() - t0, 2)
-    art.extra["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    return art
+        package_run = _AotiModel(path, device=str(dev), artefact=art).run
+        art.parity = _measure(job, package_run, art.precision, f"aoti torch {torch.__version__} {dev.type}")
+        del package_run
+    return _stamp(art, t0)
 
 
 # ------------------------------------------------------------------------------------ publish
