@@ -35,23 +35,17 @@ void check_inputs(const at::Tensor& images, const at::Tensor& cdf, const at::Ten
               std::min(h, w), "], got ", crop_size);
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_crop_cpu(const at::Tensor& images, const at::Tensor& cdf,
-                                                   const at::Tensor& uniforms, int64_t crop_size) {
-  const int64_t m = images.size(0);
+// Fills crops (M, n, C, cs, cs) and centres (M, n, 2); inputs checked and contiguous, M * n > 0.
+void masked_crop_cpu(const at::Tensor& images, const at::Tensor& cdf, const at::Tensor& uniforms, at::Tensor& crops,
+                     at::Tensor& centres) {
   const int64_t channels = images.size(1);
   const int64_t h = images.size(2);
   const int64_t w = images.size(3);
   const int64_t n = uniforms.size(1);
-  const int64_t cs = crop_size;
+  const int64_t cs = crops.size(-1);
   const int64_t hw = h * w;
   const int64_t half = cs / 2;
-
-  at::Tensor crops = at::empty({m, n, channels, cs, cs}, images.options());
-  at::Tensor centres = at::empty({m, n, 2}, images.options().dtype(at::kLong));
-  const int64_t total = m * n;
-  if (total == 0) {
-    return {crops, centres};
-  }
+  const int64_t total = crops.size(0) * n;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(), "masked_crop_cpu", [&] {
     const scalar_t* src_all = images.const_data_ptr<scalar_t>();
@@ -86,27 +80,36 @@ std::tuple<at::Tensor, at::Tensor> masked_crop_cpu(const at::Tensor& images, con
       }
     });
   });
-  return {crops, centres};
 }
 
 }  // namespace
 
-// Entry point: checks, makes inputs contiguous, dispatches on the device of the images.
+// Entry point: checks, makes inputs contiguous, allocates the outputs on the images' device and
+// dispatches to the CPU or CUDA implementation.
 std::tuple<at::Tensor, at::Tensor> masked_crop(const at::Tensor& images, const at::Tensor& cdf,
                                                const at::Tensor& uniforms, int64_t crop_size) {
   check_inputs(images, cdf, uniforms, crop_size);
   const at::Tensor images_c = images.contiguous();
   const at::Tensor cdf_c = cdf.contiguous();
   const at::Tensor uniforms_c = uniforms.contiguous();
-  if (images_c.is_cuda()) {
-#if defined(MKGAN_WITH_CUDA)
-    return masked_crop_cuda(images_c, cdf_c, uniforms_c, crop_size);
-#else
-    TORCH_CHECK(false, "masked_crop: this build has no CUDA support (tensors are on ", images.device(), ")");
+  TORCH_CHECK(images_c.is_cuda() || images_c.device().is_cpu(), "masked_crop: unsupported device ", images.device());
+#if !defined(MKGAN_WITH_CUDA)
+  TORCH_CHECK(!images_c.is_cuda(), "masked_crop: this build has no CUDA support (tensors are on ", images.device(), ")");
 #endif
+  const int64_t m = images_c.size(0);
+  const int64_t n = uniforms_c.size(1);
+  at::Tensor crops = at::empty({m, n, images_c.size(1), crop_size, crop_size}, images_c.options());
+  at::Tensor centres = at::empty({m, n, 2}, images_c.options().dtype(at::kLong));
+  if (m * n > 0) {
+    if (images_c.is_cuda()) {
+#if defined(MKGAN_WITH_CUDA)
+      masked_crop_cuda(images_c, cdf_c, uniforms_c, crops, centres);
+#endif
+    } else {
+      masked_crop_cpu(images_c, cdf_c, uniforms_c, crops, centres);
+    }
   }
-  TORCH_CHECK(images_c.device().is_cpu(), "masked_crop: unsupported device ", images.device());
-  return masked_crop_cpu(images_c, cdf_c, uniforms_c, crop_size);
+  return {crops, centres};
 }
 
 bool built_with_cuda() {

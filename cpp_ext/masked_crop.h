@@ -37,8 +37,10 @@ inline int64_t upper_bound_f32(const float* data, int64_t size, float value) {
 }
 
 #if defined(MKGAN_WITH_CUDA)
-std::tuple<at::Tensor, at::Tensor> masked_crop_cuda(
-    const at::Tensor& images, const at::Tensor& cdf, const at::Tensor& uniforms, int64_t crop_size);
+// Fills crops (M, n, C, cs, cs) and centres (M, n, 2), allocated on the images' GPU, on the current
+// stream. Inputs are checked and contiguous (masked_crop in masked_crop.cpp) and M * n > 0.
+void masked_crop_cuda(const at::Tensor& images, const at::Tensor& cdf, const at::Tensor& uniforms, at::Tensor& crops,
+                      at::Tensor& centres);
 #endif
 
 }  // namespace mkgan

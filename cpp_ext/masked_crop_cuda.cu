@@ -73,23 +73,15 @@ __global__ void masked_crop_kernel(const scalar_t* __restrict__ images, const fl
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> masked_crop_cuda(const at::Tensor& images, const at::Tensor& cdf,
-                                                    const at::Tensor& uniforms, int64_t crop_size) {
-  // Inputs are checked and contiguous (masked_crop in masked_crop.cpp).
+void masked_crop_cuda(const at::Tensor& images, const at::Tensor& cdf, const at::Tensor& uniforms, at::Tensor& crops,
+                      at::Tensor& centres) {
   const c10::cuda::CUDAGuard device_guard(images.device());
-  const int64_t m = images.size(0);
   const int64_t channels = images.size(1);
   const int64_t h = images.size(2);
   const int64_t w = images.size(3);
   const int64_t n = uniforms.size(1);
-  const int64_t cs = crop_size;
-
-  at::Tensor crops = at::empty({m, n, channels, cs, cs}, images.options());
-  at::Tensor centres = at::empty({m, n, 2}, images.options().dtype(at::kLong));
-  const int64_t total = m * n;
-  if (total == 0) {
-    return {crops, centres};
-  }
+  const int64_t cs = crops.size(-1);
+  const int64_t total = crops.size(0) * n;
   const int64_t per_crop = channels * cs * cs;
   TORCH_CHECK(per_crop < (int64_t{1} << 31), "masked_crop: crop too large (", per_crop, " elements)");
   TORCH_CHECK(total < (int64_t{1} << 31), "masked_crop: too many crops (", total, ")");
@@ -105,7 +97,6 @@ std::tuple<at::Tensor, at::Tensor> masked_crop_cuda(const at::Tensor& images, co
         crops.mutable_data_ptr<scalar_t>(), centres.mutable_data_ptr<int64_t>(), n, channels, h, w, cs);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {crops, centres};
 }
 
 }  // namespace mkgan
