@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import update_results  # noqa: E402  (benchmarks/run.py)
+from run import publish  # noqa: E402  (benchmarks/run.py)
 
 from mkgan_engine.imageio import read_image  # noqa: E402
 from mkgan_engine.metrics import psnr  # noqa: E402
@@ -132,11 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         dpsnr = [ra["psnr"] - rb["psnr"] for ra, rb in zip(outputs["batched"], outputs["unbatched"])]
         lines += ["", f"Batched vs unbatched: kernel L1 difference max {max(diffs):.2e}; "
                       f"Y-PSNR difference max {max(abs(d) for d in dpsnr):.3f} dB (same seeds)."]
-    text = "\n".join(lines)
-    print(text)
-    if args.results:
-        command = "python benchmarks/gpu_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        update_results(args.results, args.section, f"Command: `{command}`\n\n{text}\n")
+    command = "python benchmarks/gpu_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    publish(f"Command: `{command}`\n\n" + "\n".join(lines) + "\n", args.results, args.section)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 from mkgan_engine.config import MaskerConfig
 from mkgan_engine.imageio import read_image
 from mkgan_engine.maskers import build_masker
+from run import publish  # benchmarks/run.py: a script's folder is on sys.path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 PHOTOS = ["set14/man.png", "set14/zebra.png", "bsd68/101085.png", "urban100/img_001.png"]
@@ -107,15 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += [f"Command: `{args.command}`", ""]
     lines += ["| masker / model | backend | input | median (s) | best (s) |", "|---|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d:.3f} | {e:.3f} |" for a, b, c, d, e in rows]
-    text = "\n".join(lines)
-    print(text)
-    if args.results:
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).parent))
-        from run import update_results
-
-        update_results(args.results, f"masking-{args.device.split(':')[0]}", text)
+    publish("\n".join(lines), args.results, f"masking-{args.device.split(':')[0]}")
 
 
 if __name__ == "__main__":

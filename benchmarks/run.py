@@ -166,6 +166,13 @@ def update_results(path: Path, section: str, text: str) -> None:
     path.write_text(current)
 
 
+def publish(text: str, results: Path | None, section: str | None) -> None:
+    """Print a results block and, given a RESULTS.md path and a section, replace that section there."""
+    print(text)
+    if results and section:
+        update_results(results, section, text)
+
+
 def save_figure(out: Path, sample: Sample, srs: dict[str, np.ndarray], results: dict[str, Result | None], scale: int) -> None:
     """Side-by-side crops (bicubic | single kernel | ours | truth), kernels (estimated vs true), mask."""
     import cv2
@@ -246,9 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         header += f"\n\nCommand: `{args.command}`"
     text = markdown(table, header)
     (args.out / "summary.md").write_text(text + "\n")
-    print(text)
-    if args.results and args.section:
-        update_results(args.results, args.section, text)
+    publish(text, args.results, args.section)
 
 
 if __name__ == "__main__":
