@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", default="fast", choices=["fast", "paper"])
     parser.add_argument("--box", type=int, default=2, help="box-average urban100 photos by this first (sharper HR)")
+    parser.add_argument("--kernel-model", choices=["deep-linear", "gaussian"], default="deep-linear")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                 lrs.append(lr)
                 seed_list.append(seed)
     t0 = time.perf_counter()
-    config = KernelGANConfig.preset(args.preset)
+    config = KernelGANConfig.preset(args.preset).with_(kernel_model=args.kernel_model)
     estimates = estimate_kernels(lrs, None, config, seed_list, device=args.device)
     elapsed = time.perf_counter() - t0
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} torch threads"
     command = "python benchmarks/kernel_recovery.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
-        f"### KernelGAN kernel recovery ({args.preset} preset, {device}, {platform.machine()}, torch {torch.__version__})",
+        f"### KernelGAN kernel recovery ({args.preset} preset, {args.kernel_model} kernel model, {device}, {platform.machine()}, torch {torch.__version__})",
         "",
         f"Command: `{command}` ({len(members)} members in one batched call, {elapsed:.0f} s). "
         f"urban100 photos box-averaged by {args.box} first.",
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Wide estimated with the larger area than narrow in {sum(areas[p, 'wide', s] > areas[p, 'narrow', s] for p in photos for s in seeds)} "
         f"of {len(photos) * len(seeds)} (photo, seed) pairs; wide axis within 30 deg of the truth in {aligned} of {len(photos) * len(seeds)}.",
     ]
-    publish("\n".join(lines), args.results, f"kernel-recovery-{args.preset}")
+    publish("\n".join(lines), args.results, f"kernel-recovery-{args.preset}-{args.kernel_model}")
 
 
 if __name__ == "__main__":

@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", choices=["fast", "paper"], default="fast")
+    parser.add_argument("--kernel-model", choices=["deep-linear", "gaussian"], default="deep-linear")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0, help="first N images only")
     parser.add_argument("--out", type=Path, required=True)
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m for m in args.methods.split(",") if not (m == "ours-gtmask" and protocol == "U")]
     seeds = [int(s) for s in args.seeds.split(",")]
     base = EngineConfig(scale=scale, preset=args.preset, device=args.device)  # type: ignore[arg-type]
+    base.kernelgan = base.kernelgan.with_(kernel_model=args.kernel_model)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     started = time.time()
@@ -246,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     table = summarise(rows, methods)
     on_gpu = torch.cuda.is_available() and base.device != "cpu"
     machine = f"{platform.machine()}, " + (torch.cuda.get_device_name(0) if on_gpu else f"CPU ({os.cpu_count()} cores)")
-    header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, {len(names)} images x {len(seeds)} seeds "
+    header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, {args.kernel_model} kernel model, "
+              f"{len(names)} images x {len(seeds)} seeds "
               f"(seeds {args.seeds}; data seed {meta['seed']})\n\nMachine: {machine}; torch {torch.__version__}; "
               f"total {(time.time() - started) / 60:.1f} min. Mean ± std over seeds of the per-seed mean over images.")
     if args.command:

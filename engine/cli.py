@@ -74,6 +74,7 @@ def sr(
     preset: str = typer.Option("fast", help="Training preset: fast (CPU-friendly) or paper (reference settings)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, help="Base random seed (each region derives its own)."),
+    kernel_model: str = typer.Option("deep-linear", help="KernelGAN generator: deep-linear (reference) or gaussian (3-parameter kernel prior)."),
     kernelgan_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's KernelGAN iterations."),
     zssr_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's ZSSR iterations."),
     suffix: str = typer.Option("_x{scale}", help="Output name suffix; {scale} is replaced."),
@@ -101,6 +102,7 @@ def sr(
         raise typer.BadParameter("must be 2 or 4", param_hint="--scale")
     _choice(masker, MASKER_NAMES, "--masker")
     _choice(preset, ("fast", "paper"), "--preset")
+    _choice(kernel_model, ("deep-linear", "gaussian"), "--kernel-model")
     _choice(ext, ("png", "jpg", "same"), "--ext")
     _choice(sam_type, ("vit_b", "vit_l", "vit_h"), "--sam-type")
     _choice(backend, BACKEND_NAMES, "--backend")
@@ -134,6 +136,7 @@ def sr(
         output=OutputConfig(suffix=suffix, ext=ext, save_kernels="kernels" in saves, save_masks="masks" in saves,  # type: ignore[arg-type]
                             save_previews="previews" in saves, reports=reports, skip_existing=skip_existing),
     )
+    config.kernelgan = config.kernelgan.with_(kernel_model=kernel_model)
     if kernelgan_iters is not None:
         config.kernelgan = config.kernelgan.with_(iterations=kernelgan_iters)
     if zssr_iters is not None:

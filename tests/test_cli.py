@@ -41,9 +41,10 @@ def mixed_dir(tmp_path):
 
 def test_mixed_directory(mixed_dir, tmp_path):
     out = tmp_path / "out"
-    result = invoke("sr", mixed_dir, "-o", out, "--masker", "none", *QUICK)
+    result = invoke("sr", mixed_dir, "-o", out, "--masker", "none", "--kernel-model", "gaussian", *QUICK)
     assert result.exit_code == 1, result.output  # some inputs failed, the batch went on
     report = json.loads((out / "report.json").read_text())
+    assert report["config"]["kernelgan"]["kernel_model"] == "gaussian"
     status = {e["input"].split("/")[-1]: e for e in report["images"]}
     for name in ("good.png", "grey.png", "rgba.png", "deep.png"):
         assert status[name]["status"] == "ok", status[name]
@@ -73,6 +74,8 @@ def test_usage_errors_exit_2(tmp_path, mixed_dir):
     result = invoke("sr", tmp_path / "missing.png", "-o", tmp_path / "o", *QUICK)
     assert result.exit_code == 2 and "missing.png" in result.output
     assert invoke("sr", mixed_dir, "-o", tmp_path / "o", "--scale", "3").exit_code == 2
+    result = invoke("sr", mixed_dir, "-o", tmp_path / "o", "--kernel-model", "spline")
+    assert result.exit_code == 2 and "--kernel-model" in result.output
 
 
 def test_interrupt_then_resume(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 from mkgan_engine.train import kernelgan, losses
 from mkgan_engine.train.config import KernelGANConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
-from mkgan_engine.train.generator import BatchedGenerator
+from mkgan_engine.train.generator import BatchedGenerator, GaussianGenerator
 from mkgan_engine.train.kernel import kernel_error, kernel_moments, sf_center
 from mkgan_engine.train.kernelgan import diagnose_kernel, estimate_kernels
 
@@ -45,6 +45,21 @@ def test_initial_kernels_have_a_positive_sum():
     assert bool((g.kernel().sum(dim=(1, 2)) > 0).all())
 
 
+def test_gaussian_kernel_model_is_the_anisotropic_gaussian():
+    # (log sigma_major, log sigma_minor, theta) -> the same kernel as the benchmark's degradation.
+    params = torch.tensor([[0.5 * np.log(4.0), 0.5 * np.log(0.6), np.pi / 3], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    g = GaussianGenerator(params.requires_grad_(True), 13)
+    k = g.kernel()
+    np.testing.assert_allclose(k[0].detach().numpy(), anisotropic_gaussian(13, 4.0, 0.6, np.pi / 3, 2), atol=1e-6)
+    np.testing.assert_allclose(k[1].detach().numpy(), anisotropic_gaussian(13, 1.0, 1.0, 0.0, 2), atol=1e-6)
+    a, b, theta = kernel_moments(k[0].detach().numpy())
+    assert np.degrees(theta) == pytest.approx(60, abs=1)
+    (grad,) = torch.autograd.grad(k[0, 6, 6], [g.flat])
+    assert torch.isfinite(grad).all() and grad[0].abs().sum() > 0 and grad[1].abs().sum() == 0
+    fresh = GaussianGenerator.create([0, 1], 13)
+    assert fresh.kernel().shape == (2, 13, 13) and not torch.allclose(fresh.flat[0], fresh.flat[1])
+
+
 def test_diagnose_kernel():
     good = anisotropic_gaussian(13, 1.5, 0.8, 0.3, 2)
     assert diagnose_kernel(good) is None
@@ -61,13 +76,14 @@ def test_diagnose_kernel():
 # Training behaviour (short runs)
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_batched_members_equal_members_trained_alone(load_photo):
+@pytest.mark.parametrize("kernel_model", ["deep-linear", "gaussian"])
+def test_batched_members_equal_members_trained_alone(load_photo, kernel_model):
     image = load_photo("set5/bird.png")[:96, :112]
     other = load_photo("set14/man.png")[:80, :96]
     mask = np.zeros(image.shape[:2], bool)
     mask[:, 40:] = True
     images, masks, seeds = [image, other, image], [None, None, mask], [3, 11, 3]
-    config = _short(40)
+    config = _short(40).with_(kernel_model=kernel_model)
     # float64: a GAN amplifies float32 rounding differences (grouped vs single convolutions) within
     # a few dozen Adam steps; in float64 batched and alone agree to ~1e-7 after 40 iterations.
     together = estimate_kernels(images, masks, config, seeds, check_every=20, dtype=torch.float64)

@@ -22,6 +22,11 @@ class KernelGANConfig:
     crop_size: int = 64  # generator input crop; the discriminator sees crops of the G output size (26)
     g_channels: int = 64
     g_kernel_sizes: tuple[int, ...] = (7, 5, 3, 1, 1, 1)  # last 1x1 has stride 2; receptive field 13
+    # "deep-linear": the reference generator; "gaussian": the kernel is an anisotropic Gaussian with
+    # three trainable parameters (a kernel prior; trained at `gaussian_lr`, without the sparsity term,
+    # since a Gaussian is compact by construction). See README, "Known limits".
+    kernel_model: Literal["deep-linear", "gaussian"] = "deep-linear"
+    gaussian_lr: float = 5e-3
     d_channels: int = 64
     d_kernel_size: int = 7
     d_layers: int = 7  # 7x7 SN conv, 5 x [SN 1x1, BN, ReLU], SN 1x1 -> sigmoid
@@ -60,6 +65,11 @@ class KernelGANConfig:
 
     def with_(self, **changes: object) -> "KernelGANConfig":
         return replace(self, **changes)
+
+    @property
+    def generator_lr(self) -> float:
+        """The generator's Adam step size for the kernel model."""
+        return self.gaussian_lr if self.kernel_model == "gaussian" else self.lr_g
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ Because the network is linear with valid convolutions, it equals one strided cor
 identity: it builds the (differentiable) effective kernel through the layers and applies it once,
 which gives the same function and gradients as :meth:`forward_layers` at a small fraction of the
 cost. Kernels stay float32.
+
+:class:`GaussianGenerator` is the opt-in ``gaussian`` kernel model (a kernel prior): the same
+interface, with each member's kernel an anisotropic Gaussian of three trainable parameters.
+:func:`create_generator` picks one by ``KernelGANConfig.kernel_model``.
 """
 
 from __future__ import annotations
@@ -178,3 +182,70 @@ def apply_kernel(x: torch.Tensor, kernel: torch.Tensor, stride: int = 2) -> torc
     weight = kernel[:, None].expand(m, c, k, k).reshape(m * c, 1, k, k).to(x.dtype)
     out = F.conv2d(x.reshape(1, m * c, h, w), weight, stride=stride, groups=m * c)
     return out.reshape(m, c, out.shape[-2], out.shape[-1])
+
+
+class GaussianGenerator:
+    """M parametric generators: each member's kernel is an anisotropic Gaussian (the ``gaussian``
+    kernel model, a kernel prior; the reference KernelGAN uses :class:`BatchedGenerator`).
+
+    ``flat``: (M, 3) leaf tensor (requires grad) of (log sigma_major, log sigma_minor, theta) per
+    member, sigmas in pixels of the image being downscaled, theta in radians from the +x (column)
+    axis towards +y (rows). The kernel is ``size`` x ``size``, centred at the sf-aligned centre and
+    sums to 1 by construction. Same interface as :class:`BatchedGenerator`.
+    """
+
+    def __init__(self, flat: torch.Tensor, size: int = 13, stride: int = 2) -> None:
+        self.flat = flat
+        self.kernel_size = size
+        self.stride = stride
+
+    @classmethod
+    def create(
+        cls, seeds: Sequence[int], size: int = 13, device: torch.device | str = "cpu", sigma: float = 1.0
+    ) -> "GaussianGenerator":
+        """One member per seed: both sigmas ~``sigma`` px (log-normal jitter 0.05), a random axis."""
+        rows = []
+        for s in seeds:
+            gen = rng.member_generator(s, rng.STREAM_INIT)
+            jitter, angle = torch.randn(2, generator=gen), torch.rand(1, generator=gen)
+            rows.append(torch.stack((math.log(sigma) + 0.05 * jitter[0], math.log(sigma) + 0.05 * jitter[1], math.pi * angle[0])))
+        return cls(torch.stack(rows).to(device).requires_grad_(True), size)
+
+    @property
+    def members(self) -> int:
+        return self.flat.shape[0]
+
+    def kernel(self) -> torch.Tensor:
+        """(M, K, K) correlation kernels, differentiable w.r.t. ``flat``."""
+        k = self.kernel_size
+        r = torch.arange(k, device=self.flat.device, dtype=self.flat.dtype) - (k // 2 + 0.5 * (self.stride - k % 2))
+        y, x = r[None, :, None], r[None, None, :]
+        sig_a, sig_b, theta = (self.flat[:, i, None, None] for i in range(3))
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        along, across = cos * x + sin * y, cos * y - sin * x
+        g = torch.exp(-0.5 * ((along * torch.exp(-sig_a)) ** 2 + (across * torch.exp(-sig_b)) ** 2))
+        return g / g.sum(dim=(1, 2), keepdim=True)
+
+    def forward(self, x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`BatchedGenerator.forward`."""
+        return apply_kernel(x, self.kernel() if kernel is None else kernel, self.stride)
+
+    def select(self, index: torch.Tensor) -> "GaussianGenerator":
+        """Keep only the members at ``index`` (int64 (M',))."""
+        return GaussianGenerator(self.flat.detach()[index].clone().requires_grad_(True), self.kernel_size, self.stride)
+
+    @torch.no_grad()
+    def reinit_member(self, member: int, seed: int) -> None:
+        """Overwrite one member's parameters with a fresh initialisation from ``seed``."""
+        self.flat[member] = GaussianGenerator.create([seed], self.kernel_size).flat[0].detach().to(self.flat)
+
+
+def create_generator(
+    model: str, seeds: Sequence[int], kernel_sizes: Sequence[int], channels: int, device: torch.device | str = "cpu"
+) -> BatchedGenerator | GaussianGenerator:
+    """The generator of a kernel model: "deep-linear" (the reference) or "gaussian"."""
+    if model == "deep-linear":
+        return BatchedGenerator.create(seeds, kernel_sizes, channels, device)
+    if model == "gaussian":
+        return GaussianGenerator.create(seeds, receptive_field(kernel_sizes), device)
+    raise ValueError(f"unknown kernel model {model!r}; expected 'deep-linear' or 'gaussian'")

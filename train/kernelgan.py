@@ -30,7 +30,7 @@ import torch
 from . import losses, rng, sampler
 from .config import KernelGANConfig
 from .discriminator import BatchedDiscriminator
-from .generator import BatchedGenerator, output_size, receptive_field
+from .generator import create_generator, output_size, receptive_field
 from .kernel import analytic_x4, finalize_kernel, kernel_moments, sf_center
 from .masked_crop import gather_crops
 from .optim import BatchedAdam
@@ -167,7 +167,7 @@ class _Batch:
         self.seeds = torch.tensor([s & 0xFFFFFFFF for s in seeds], dtype=torch.int64, device=device)
         self.steps = torch.zeros(len(seeds), dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros(len(seeds), dtype=torch.bool, device=device)
-        self.g = BatchedGenerator.create(seeds, config.g_kernel_sizes, config.g_channels, device)
+        self.g = create_generator(config.kernel_model, seeds, config.g_kernel_sizes, config.g_channels, device)
         self.d = BatchedDiscriminator.create(
             seeds, config.d_channels, config.d_kernel_size, config.d_layers - 2, 0.1, device
         )
@@ -208,7 +208,7 @@ class _Batch:
             + w_sparse * losses.sparsity(kernel)
         )
         grads = torch.autograd.grad(loss_g.sum(), [self.g.flat])
-        self.adam_g.step([self.g.flat], grads, self.schedule.learning_rates(t, c.lr_g))
+        self.adam_g.step([self.g.flat], grads, self.schedule.learning_rates(t, c.generator_lr))
 
         # Discriminator step on noisy copies of the real and (detached) fake crops; one pass, with
         # separate BatchNorm statistics for the real and the fake set.

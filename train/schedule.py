@@ -32,9 +32,11 @@ class Schedule:
 
     def regularizer_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(centralised weight, sparsity weight), float32 (M,) each: zero until the bicubic weight
-        drops below ``regularizers_on_below``."""
+        drops below ``regularizers_on_below``; the sparsity weight is always zero for the
+        ``gaussian`` kernel model."""
         on = (self.bicubic_weight < self.config.regularizers_on_below).float()
-        return on * self.config.centralized_weight, on * self.config.sparse_weight
+        sparse = 0.0 if self.config.kernel_model == "gaussian" else self.config.sparse_weight
+        return on * self.config.centralized_weight, on * sparse
 
     def learning_rates(self, iteration: torch.Tensor, base: float) -> torch.Tensor:
         """Per-member step size for the (0-based) iteration int64 (M,) -> float32 (M,)."""
