@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import rng
+from .kernel import sf_center
 
 
 def receptive_field(kernel_sizes: Sequence[int]) -> int:
@@ -217,13 +218,13 @@ class GaussianGenerator:
 
     def kernel(self) -> torch.Tensor:
         """(M, K, K) correlation kernels, differentiable w.r.t. ``flat``."""
-        k = self.kernel_size
-        r = torch.arange(k, device=self.flat.device, dtype=self.flat.dtype) - (k // 2 + 0.5 * (self.stride - k % 2))
+        r = torch.arange(self.kernel_size, device=self.flat.device, dtype=self.flat.dtype)
+        r = r - sf_center(self.kernel_size, self.stride)
         y, x = r[None, :, None], r[None, None, :]
-        sig_a, sig_b, theta = (self.flat[:, i, None, None] for i in range(3))
+        log_major, log_minor, theta = (self.flat[:, i, None, None] for i in range(3))
         cos, sin = torch.cos(theta), torch.sin(theta)
         along, across = cos * x + sin * y, cos * y - sin * x
-        g = torch.exp(-0.5 * ((along * torch.exp(-sig_a)) ** 2 + (across * torch.exp(-sig_b)) ** 2))
+        g = torch.exp(-0.5 * ((along * torch.exp(-log_major)) ** 2 + (across * torch.exp(-log_minor)) ** 2))
         return g / g.sum(dim=(1, 2), keepdim=True)
 
     def forward(self, x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
