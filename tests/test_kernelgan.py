@@ -46,9 +46,12 @@ def test_initial_kernels_have_a_positive_sum():
 
 
 def test_gaussian_kernel_model_is_the_anisotropic_gaussian():
-    # (log sigma_major, log sigma_minor, theta) -> the same kernel as the benchmark's degradation.
-    params = torch.tensor([[0.5 * np.log(4.0), 0.5 * np.log(0.6), np.pi / 3], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    g = GaussianGenerator(params.requires_grad_(True), 13)
+    # (log(sigma_major - floor), log(sigma_minor - floor), theta) -> the same kernel as the
+    # benchmark's degradation (variances 4.0 / 0.6 at 60 deg, and 1.0 / 1.0).
+    floor = 0.55
+    excess = [np.log(np.sqrt(4.0) - floor), np.log(np.sqrt(0.6) - floor), np.log(1.0 - floor)]
+    params = torch.tensor([[excess[0], excess[1], np.pi / 3], [excess[2], excess[2], 0.0]], dtype=torch.float64)
+    g = GaussianGenerator(params.requires_grad_(True), 13, floor)
     k = g.kernel()
     np.testing.assert_allclose(k[0].detach().numpy(), anisotropic_gaussian(13, 4.0, 0.6, np.pi / 3, 2), atol=1e-6)
     np.testing.assert_allclose(k[1].detach().numpy(), anisotropic_gaussian(13, 1.0, 1.0, 0.0, 2), atol=1e-6)
@@ -56,8 +59,12 @@ def test_gaussian_kernel_model_is_the_anisotropic_gaussian():
     assert np.degrees(theta) == pytest.approx(60, abs=1)
     (grad,) = torch.autograd.grad(k[0, 6, 6], [g.flat])
     assert torch.isfinite(grad).all() and grad[0].abs().sum() > 0 and grad[1].abs().sum() == 0
-    fresh = GaussianGenerator.create([0, 1], 13)
+    fresh = GaussianGenerator.create([0, 1], 13, floor)
     assert fresh.kernel().shape == (2, 13, 13) and not torch.allclose(fresh.flat[0], fresh.flat[1])
+    # However far training pushes the parameters down, no sigma goes below the floor.
+    low = GaussianGenerator(torch.tensor([[-30.0, -30.0, 0.3]]), 13, floor)
+    assert float(low.sigmas().min()) >= floor
+    np.testing.assert_allclose(low.kernel()[0].numpy(), anisotropic_gaussian(13, floor**2, floor**2, 0.0, 2), atol=1e-6)
 
 
 def test_diagnose_kernel():

@@ -24,9 +24,11 @@ class KernelGANConfig:
     g_kernel_sizes: tuple[int, ...] = (7, 5, 3, 1, 1, 1)  # last 1x1 has stride 2; receptive field 13
     # "deep-linear": the reference generator; "gaussian": the kernel is an anisotropic Gaussian with
     # three trainable parameters (a kernel prior; trained at `gaussian_lr`, without the sparsity term,
-    # since a Gaussian is compact by construction). See README, "Known limits".
+    # since a Gaussian is compact by construction; sigmas >= `gaussian_min_sigma` px, 0.55 being just
+    # under the sharpest DIV2KRK-style kernel, sigma 0.59). See README, "Known limits".
     kernel_model: Literal["deep-linear", "gaussian"] = "deep-linear"
     gaussian_lr: float = 5e-3
+    gaussian_min_sigma: float = 0.55
     d_channels: int = 64
     d_kernel_size: int = 7
     d_layers: int = 7  # 7x7 SN conv, 5 x [SN 1x1, BN, ReLU], SN 1x1 -> sigmoid

@@ -20,13 +20,16 @@ interface, with each member's kernel an anisotropic Gaussian of three trainable 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import rng
 from .kernel import sf_center
+
+if TYPE_CHECKING:
+    from .config import KernelGANConfig
 
 
 def receptive_field(kernel_sizes: Sequence[int]) -> int:
@@ -189,42 +192,55 @@ class GaussianGenerator:
     """M parametric generators: each member's kernel is an anisotropic Gaussian (the ``gaussian``
     kernel model, a kernel prior; the reference KernelGAN uses :class:`BatchedGenerator`).
 
-    ``flat``: (M, 3) leaf tensor (requires grad) of (log sigma_major, log sigma_minor, theta) per
-    member, sigmas in pixels of the image being downscaled, theta in radians from the +x (column)
-    axis towards +y (rows). The kernel is ``size`` x ``size``, centred at the sf-aligned centre and
-    sums to 1 by construction. Same interface as :class:`BatchedGenerator`.
+    ``flat``: (M, 3) leaf tensor (requires grad) of (log(sigma_major - min_sigma),
+    log(sigma_minor - min_sigma), theta) per member: sigmas in pixels of the image being downscaled,
+    never below ``min_sigma`` (a physical kernel is never sharper than that; without a floor the GAN
+    drives the minor sigma towards 0), theta in radians from the +x (column) axis towards +y (rows).
+    The kernel is ``size`` x ``size``, centred at the sf-aligned centre, and sums to 1 by
+    construction. Same interface as :class:`BatchedGenerator`.
     """
 
-    def __init__(self, flat: torch.Tensor, size: int = 13, stride: int = 2) -> None:
+    def __init__(self, flat: torch.Tensor, size: int = 13, min_sigma: float = 0.0, stride: int = 2) -> None:
         self.flat = flat
         self.kernel_size = size
+        self.min_sigma = min_sigma
         self.stride = stride
 
     @classmethod
     def create(
-        cls, seeds: Sequence[int], size: int = 13, device: torch.device | str = "cpu", sigma: float = 1.0
+        cls, seeds: Sequence[int], size: int = 13, min_sigma: float = 0.0, device: torch.device | str = "cpu",
+        sigma: float = 1.0,
     ) -> "GaussianGenerator":
-        """One member per seed: both sigmas ~``sigma`` px (log-normal jitter 0.05), a random axis."""
+        """One member per seed: both sigmas ~``sigma`` px (> ``min_sigma``; log-normal jitter 0.05 on
+        the part above the floor), a random axis."""
+        if not 0.0 <= min_sigma < sigma:
+            raise ValueError(f"need 0 <= min_sigma < sigma, got min_sigma={min_sigma}, sigma={sigma}")
         rows = []
         for s in seeds:
             gen = rng.member_generator(s, rng.STREAM_INIT)
             jitter, angle = torch.randn(2, generator=gen), torch.rand(1, generator=gen)
-            rows.append(torch.stack((math.log(sigma) + 0.05 * jitter[0], math.log(sigma) + 0.05 * jitter[1], math.pi * angle[0])))
-        return cls(torch.stack(rows).to(device).requires_grad_(True), size)
+            log_excess = math.log(sigma - min_sigma)
+            rows.append(torch.stack((log_excess + 0.05 * jitter[0], log_excess + 0.05 * jitter[1], math.pi * angle[0])))
+        return cls(torch.stack(rows).to(device).requires_grad_(True), size, min_sigma)
 
     @property
     def members(self) -> int:
         return self.flat.shape[0]
+
+    def sigmas(self) -> torch.Tensor:
+        """(M, 2) sigma_major, sigma_minor in pixels, differentiable w.r.t. ``flat``."""
+        return self.min_sigma + torch.exp(self.flat[:, :2])
 
     def kernel(self) -> torch.Tensor:
         """(M, K, K) correlation kernels, differentiable w.r.t. ``flat``."""
         r = torch.arange(self.kernel_size, device=self.flat.device, dtype=self.flat.dtype)
         r = r - sf_center(self.kernel_size, self.stride)
         y, x = r[None, :, None], r[None, None, :]
-        log_major, log_minor, theta = (self.flat[:, i, None, None] for i in range(3))
+        sigmas = self.sigmas()
+        major, minor, theta = sigmas[:, 0, None, None], sigmas[:, 1, None, None], self.flat[:, 2, None, None]
         cos, sin = torch.cos(theta), torch.sin(theta)
         along, across = cos * x + sin * y, cos * y - sin * x
-        g = torch.exp(-0.5 * ((along * torch.exp(-log_major)) ** 2 + (across * torch.exp(-log_minor)) ** 2))
+        g = torch.exp(-0.5 * ((along / major) ** 2 + (across / minor) ** 2))
         return g / g.sum(dim=(1, 2), keepdim=True)
 
     def forward(self, x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
@@ -233,20 +249,22 @@ class GaussianGenerator:
 
     def select(self, index: torch.Tensor) -> "GaussianGenerator":
         """Keep only the members at ``index`` (int64 (M',))."""
-        return GaussianGenerator(self.flat.detach()[index].clone().requires_grad_(True), self.kernel_size, self.stride)
+        flat = self.flat.detach()[index].clone().requires_grad_(True)
+        return GaussianGenerator(flat, self.kernel_size, self.min_sigma, self.stride)
 
     @torch.no_grad()
     def reinit_member(self, member: int, seed: int) -> None:
         """Overwrite one member's parameters with a fresh initialisation from ``seed``."""
-        self.flat[member] = GaussianGenerator.create([seed], self.kernel_size).flat[0].detach().to(self.flat)
+        fresh = GaussianGenerator.create([seed], self.kernel_size, self.min_sigma)
+        self.flat[member] = fresh.flat[0].detach().to(self.flat)
 
 
 def create_generator(
-    model: str, seeds: Sequence[int], kernel_sizes: Sequence[int], channels: int, device: torch.device | str = "cpu"
+    config: "KernelGANConfig", seeds: Sequence[int], device: torch.device | str = "cpu"
 ) -> BatchedGenerator | GaussianGenerator:
-    """The generator of a kernel model: "deep-linear" (the reference) or "gaussian"."""
-    if model == "deep-linear":
-        return BatchedGenerator.create(seeds, kernel_sizes, channels, device)
-    if model == "gaussian":
-        return GaussianGenerator.create(seeds, receptive_field(kernel_sizes), device)
-    raise ValueError(f"unknown kernel model {model!r}; expected 'deep-linear' or 'gaussian'")
+    """The generator of ``config.kernel_model``: "deep-linear" (the reference) or "gaussian"."""
+    if config.kernel_model == "deep-linear":
+        return BatchedGenerator.create(seeds, config.g_kernel_sizes, config.g_channels, device)
+    if config.kernel_model == "gaussian":
+        return GaussianGenerator.create(seeds, receptive_field(config.g_kernel_sizes), config.gaussian_min_sigma, device)
+    raise ValueError(f"unknown kernel model {config.kernel_model!r}; expected 'deep-linear' or 'gaussian'")

@@ -167,7 +167,7 @@ class _Batch:
         self.seeds = torch.tensor([s & 0xFFFFFFFF for s in seeds], dtype=torch.int64, device=device)
         self.steps = torch.zeros(len(seeds), dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros(len(seeds), dtype=torch.bool, device=device)
-        self.g = create_generator(config.kernel_model, seeds, config.g_kernel_sizes, config.g_channels, device)
+        self.g = create_generator(config, seeds, device)
         self.d = BatchedDiscriminator.create(
             seeds, config.d_channels, config.d_kernel_size, config.d_layers - 2, 0.1, device
         )
