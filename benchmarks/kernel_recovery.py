@@ -15,6 +15,7 @@ photos by 2 first (a sharper "HR" with less blur of its own).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(f"| {photo} ({shape[1]}x{shape[0]} HR) | {kname} | {seed} | {ta:.2f} / {tb:.2f} | "
                     f"{a:.2f} / {b:.2f} | {angle} | {err['psnr']:.1f} | {est.restarts} |")
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} torch threads"
-    command = "python benchmarks/kernel_recovery.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    # float32 GAN training is sensitive to the thread count: record it with the command.
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    command = f"{threads}python benchmarks/kernel_recovery.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"### KernelGAN kernel recovery ({args.preset} preset, {args.kernel_model} kernel model, {device}, {platform.machine()}, torch {torch.__version__})",
         "",

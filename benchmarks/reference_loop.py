@@ -24,6 +24,7 @@ from kernel_recovery import KERNELS, load_hr
 from mkgan_engine.train import losses, sampler
 from mkgan_engine.train.config import KernelGANConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
+from mkgan_engine.train.generator import output_size
 from mkgan_engine.train.kernel import finalize_kernel, kernel_moments
 from mkgan_engine.train.masked_crop import gather_crops
 
@@ -78,7 +79,7 @@ def main() -> None:
     truth = anisotropic_gaussian(13, *KERNELS[args.kernel], 2)
     lr_image = degrade(load_hr(args.photo, args.box), truth, 2)
     image = torch.from_numpy(np.ascontiguousarray(lr_image.transpose(2, 0, 1)))[None]
-    d_crop = 26
+    d_crop = output_size(c.crop_size, c.g_kernel_sizes)  # 26: the generator's output side
     map_g, map_d = sampler.region_crop_maps(lr_image, None, c.crop_size, d_crop)
     cdf_g, cdf_d = sampler.build_cdfs([map_g.prob]), sampler.build_cdfs([map_d.prob])
 

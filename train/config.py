@@ -73,6 +73,12 @@ class KernelGANConfig:
         """The generator's Adam step size for the kernel model."""
         return self.gaussian_lr if self.kernel_model == "gaussian" else self.lr_g
 
+    @property
+    def generator_sparse_weight(self) -> float:
+        """The sparsity term's weight once the regularisers are on: zero for the gaussian kernel
+        model (a Gaussian is compact by construction)."""
+        return 0.0 if self.kernel_model == "gaussian" else self.sparse_weight
+
 
 @dataclass(frozen=True)
 class ZSSRConfig:

@@ -215,11 +215,11 @@ class GaussianGenerator:
         the part above the floor), a random axis."""
         if not 0.0 <= min_sigma < sigma:
             raise ValueError(f"need 0 <= min_sigma < sigma, got min_sigma={min_sigma}, sigma={sigma}")
+        log_excess = math.log(sigma - min_sigma)
         rows = []
         for s in seeds:
             gen = rng.member_generator(s, rng.STREAM_INIT)
             jitter, angle = torch.randn(2, generator=gen), torch.rand(1, generator=gen)
-            log_excess = math.log(sigma - min_sigma)
             rows.append(torch.stack((log_excess + 0.05 * jitter[0], log_excess + 0.05 * jitter[1], math.pi * angle[0])))
         return cls(torch.stack(rows).to(device).requires_grad_(True), size, min_sigma)
 

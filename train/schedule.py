@@ -32,11 +32,10 @@ class Schedule:
 
     def regularizer_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(centralised weight, sparsity weight), float32 (M,) each: zero until the bicubic weight
-        drops below ``regularizers_on_below``; the sparsity weight is always zero for the
-        ``gaussian`` kernel model."""
+        drops below ``regularizers_on_below`` (the sparsity weight is the kernel model's,
+        :attr:`KernelGANConfig.generator_sparse_weight`)."""
         on = (self.bicubic_weight < self.config.regularizers_on_below).float()
-        sparse = 0.0 if self.config.kernel_model == "gaussian" else self.config.sparse_weight
-        return on * self.config.centralized_weight, on * sparse
+        return on * self.config.centralized_weight, on * self.config.generator_sparse_weight
 
     def learning_rates(self, iteration: torch.Tensor, base: float) -> torch.Tensor:
         """Per-member step size for the (0-based) iteration int64 (M,) -> float32 (M,)."""
