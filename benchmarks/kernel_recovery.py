@@ -29,7 +29,7 @@ from mkgan_engine.train.config import KernelGANConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
 from mkgan_engine.train.kernel import kernel_error, kernel_moments
 from mkgan_engine.train.kernelgan import estimate_kernels
-from run import publish  # benchmarks/run.py: a script's folder is on sys.path
+from run import add_kernelgan_option, override_config, publish  # benchmarks/run.py: a script's folder is on sys.path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 KERNELS = {  # name -> (lambda_1, lambda_2, theta) of anisotropic_gaussian, 13x13 at x2
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="fast", choices=["fast", "paper"])
     parser.add_argument("--box", type=int, default=2, help="box-average urban100 photos by this first (sharper HR)")
     parser.add_argument("--kernel-model", choices=["deep-linear", "gaussian"], default="deep-linear")
+    add_kernelgan_option(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                 lrs.append(lr)
                 seed_list.append(seed)
     t0 = time.perf_counter()
-    config = KernelGANConfig.preset(args.preset).with_(kernel_model=args.kernel_model)
+    config = override_config(KernelGANConfig.preset(args.preset).with_(kernel_model=args.kernel_model), args.kernelgan)
     estimates = estimate_kernels(lrs, None, config, seed_list, device=args.device)
     elapsed = time.perf_counter() - t0
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     command = f"{threads}python benchmarks/kernel_recovery.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
-        f"### KernelGAN kernel recovery ({args.preset} preset, {args.kernel_model} kernel model, {device}, {platform.machine()}, torch {torch.__version__})",
+        f"### KernelGAN kernel recovery ({args.preset} preset{''.join(', ' + a for a in args.kernelgan)}, {args.kernel_model} kernel model, {device}, {platform.machine()}, torch {torch.__version__})",
         "",
         f"Command: `{command}` ({len(members)} members in one batched call, {elapsed:.0f} s). "
         f"urban100 photos box-averaged by {args.box} first.",
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Wide estimated with the larger area than narrow in {sum(areas[p, 'wide', s] > areas[p, 'narrow', s] for p in photos for s in seeds)} "
         f"of {len(photos) * len(seeds)} (photo, seed) pairs; wide axis within 30 deg of the truth in {aligned} of {len(photos) * len(seeds)}.",
     ]
-    publish("\n".join(lines), args.results, f"kernel-recovery-{args.preset}-{args.kernel_model}")
+    section = f"kernel-recovery-{args.preset}-{args.kernel_model}" + ("-" + "-".join(args.kernelgan) if args.kernelgan else "")
+    publish("\n".join(lines), args.results, section)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from mkgan_engine.imageio import read_image
 from mkgan_engine.metrics import score
 from mkgan_engine.pipeline import Engine, Result
 from mkgan_engine.regions import RegionInfo, RegionMap
+from mkgan_engine.train.config import KernelGANConfig
 from mkgan_engine.train.degradation import resize_bicubic
 from mkgan_engine.train.kernel import kernel_error, load_kernel
 
@@ -166,6 +167,28 @@ def update_results(path: Path, section: str, text: str) -> None:
     path.write_text(current)
 
 
+def add_kernelgan_option(parser: argparse.ArgumentParser) -> None:
+    """``--kernelgan NAME=VALUE`` (repeatable): KernelGANConfig overrides, see :func:`override_config`."""
+    parser.add_argument("--kernelgan", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a KernelGANConfig field (repeatable), e.g. gaussian_lr=0.002")
+
+
+def override_config(config: KernelGANConfig, assignments: list[str]) -> KernelGANConfig:
+    """``config`` with fields set from "name=value" strings (``--kernelgan``), each value parsed as
+    the type of the field's current value (int, float, str; tuples are not supported)."""
+    changes: dict[str, object] = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        current = getattr(config, name, None) if sep else None
+        if not isinstance(current, (int, float, str)) or isinstance(current, bool):
+            raise SystemExit(f"--kernelgan {item!r}: expected NAME=VALUE with NAME a number or string field of KernelGANConfig")
+        try:
+            changes[name] = type(current)(value)
+        except ValueError:
+            raise SystemExit(f"--kernelgan {item!r}: {value!r} is not a {type(current).__name__}") from None
+    return config.with_(**changes)
+
+
 def publish(text: str, results: Path | None, section: str | None) -> None:
     """Print a results block and, given a RESULTS.md path and a section, replace that section there."""
     print(text)
@@ -208,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", choices=["fast", "paper"], default="fast")
     parser.add_argument("--kernel-model", choices=["deep-linear", "gaussian"], default="deep-linear")
+    add_kernelgan_option(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0, help="first N images only")
     parser.add_argument("--out", type=Path, required=True)
@@ -223,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m for m in args.methods.split(",") if not (m == "ours-gtmask" and protocol == "U")]
     seeds = [int(s) for s in args.seeds.split(",")]
     base = EngineConfig(scale=scale, preset=args.preset, device=args.device)  # type: ignore[arg-type]
-    base.kernelgan = base.kernelgan.with_(kernel_model=args.kernel_model)
+    base.kernelgan = override_config(base.kernelgan.with_(kernel_model=args.kernel_model), args.kernelgan)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     started = time.time()
@@ -248,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     table = summarise(rows, methods)
     on_gpu = torch.cuda.is_available() and base.device != "cpu"
     machine = f"{platform.machine()}, " + (torch.cuda.get_device_name(0) if on_gpu else f"CPU ({os.cpu_count()} cores)")
-    header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, {args.kernel_model} kernel model, "
+    overrides = f" ({', '.join(args.kernelgan)})" if args.kernelgan else ""
+    header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, {args.kernel_model} kernel model{overrides}, "
               f"{len(names)} images x {len(seeds)} seeds "
               f"(seeds {args.seeds}; data seed {meta['seed']})\n\nMachine: {machine}; torch {torch.__version__}; "
               f"total {(time.time() - started) / 60:.1f} min. Mean ± std over seeds of the per-seed mean over images.")
