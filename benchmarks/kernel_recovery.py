@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mkgan_engine.imageio import read_image
-from mkgan_engine.train.config import KernelGANConfig
+from mkgan_engine.train.config import KERNEL_MODELS, KernelGANConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
 from mkgan_engine.train.kernel import kernel_error, kernel_moments
 from mkgan_engine.train.kernelgan import estimate_kernels
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", default="fast", choices=["fast", "paper"])
     parser.add_argument("--box", type=int, default=2, help="box-average urban100 photos by this first (sharper HR)")
-    parser.add_argument("--kernel-model", choices=["deep-linear", "gaussian"], default="deep-linear")
+    parser.add_argument("--kernel-model", choices=KERNEL_MODELS, default="deep-linear")
     add_kernelgan_option(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=None)

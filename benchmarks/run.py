@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -34,7 +35,7 @@ from mkgan_engine.imageio import read_image
 from mkgan_engine.metrics import score
 from mkgan_engine.pipeline import Engine, Result
 from mkgan_engine.regions import RegionInfo, RegionMap
-from mkgan_engine.train.config import KernelGANConfig
+from mkgan_engine.train.config import KERNEL_MODELS, KernelGANConfig
 from mkgan_engine.train.degradation import resize_bicubic
 from mkgan_engine.train.kernel import kernel_error, load_kernel
 
@@ -179,7 +180,7 @@ def override_config(config: KernelGANConfig, assignments: list[str]) -> KernelGA
     changes: dict[str, object] = {}
     for item in assignments:
         name, sep, value = item.partition("=")
-        current = getattr(config, name, None) if sep else None
+        current = getattr(config, name) if sep and name in {f.name for f in dataclasses.fields(config)} else None
         if not isinstance(current, (int, float, str)) or isinstance(current, bool):
             raise SystemExit(f"--kernelgan {item!r}: expected NAME=VALUE with NAME a number or string field of KernelGANConfig")
         try:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", choices=["fast", "paper"], default="fast")
-    parser.add_argument("--kernel-model", choices=["deep-linear", "gaussian"], default="deep-linear")
+    parser.add_argument("--kernel-model", choices=KERNEL_MODELS, default="deep-linear")
     add_kernelgan_option(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0, help="first N images only")

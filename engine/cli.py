@@ -13,6 +13,7 @@ import typer
 
 from mkgan_engine import __version__
 from mkgan_engine.config import BACKEND_NAMES, MASKER_NAMES
+from mkgan_engine.train.config import KERNEL_MODELS
 
 app = typer.Typer(
     add_completion=False,
@@ -102,7 +103,7 @@ def sr(
         raise typer.BadParameter("must be 2 or 4", param_hint="--scale")
     _choice(masker, MASKER_NAMES, "--masker")
     _choice(preset, ("fast", "paper"), "--preset")
-    _choice(kernel_model, ("deep-linear", "gaussian"), "--kernel-model")
+    _choice(kernel_model, KERNEL_MODELS, "--kernel-model")
     _choice(ext, ("png", "jpg", "same"), "--ext")
     _choice(sam_type, ("vit_b", "vit_l", "vit_h"), "--sam-type")
     _choice(backend, BACKEND_NAMES, "--backend")

@@ -6,9 +6,11 @@ Reference settings are from the KernelGAN and ZSSR papers (see README, "Algorith
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 Preset = Literal["fast", "paper"]
+KernelModel = Literal["deep-linear", "gaussian"]
+KERNEL_MODELS: tuple[str, ...] = get_args(KernelModel)
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class KernelGANConfig:
     # three trainable parameters (a kernel prior; trained at `gaussian_lr`, without the sparsity term,
     # since a Gaussian is compact by construction; sigmas >= `gaussian_min_sigma` px, 0.55 being just
     # under the sharpest DIV2KRK-style kernel, sigma 0.59). See README, "Known limits".
-    kernel_model: Literal["deep-linear", "gaussian"] = "deep-linear"
+    kernel_model: KernelModel = "deep-linear"
     gaussian_lr: float = 5e-3
     gaussian_min_sigma: float = 0.55
     d_channels: int = 64

@@ -20,16 +20,14 @@ interface, with each member's kernel an anisotropic Gaussian of three trainable 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import rng
+from .config import KERNEL_MODELS, KernelGANConfig
 from .kernel import sf_center
-
-if TYPE_CHECKING:
-    from .config import KernelGANConfig
 
 
 def receptive_field(kernel_sizes: Sequence[int]) -> int:
@@ -260,11 +258,11 @@ class GaussianGenerator:
 
 
 def create_generator(
-    config: "KernelGANConfig", seeds: Sequence[int], device: torch.device | str = "cpu"
+    config: KernelGANConfig, seeds: Sequence[int], device: torch.device | str = "cpu"
 ) -> BatchedGenerator | GaussianGenerator:
     """The generator of ``config.kernel_model``: "deep-linear" (the reference) or "gaussian"."""
     if config.kernel_model == "deep-linear":
         return BatchedGenerator.create(seeds, config.g_kernel_sizes, config.g_channels, device)
     if config.kernel_model == "gaussian":
         return GaussianGenerator.create(seeds, receptive_field(config.g_kernel_sizes), config.gaussian_min_sigma, device)
-    raise ValueError(f"unknown kernel model {config.kernel_model!r}; expected 'deep-linear' or 'gaussian'")
+    raise ValueError(f"unknown kernel model {config.kernel_model!r}; expected one of {', '.join(KERNEL_MODELS)}")
