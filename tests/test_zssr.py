@@ -1,4 +1,4 @@
-"""ZSSR with a given kernel (train/zssr.py): quality vs bicubic, batched == single, region sampling,
+"""ZSSR with a given kernel (train/zssr*.py): quality vs bicubic, batched == single, region sampling,
 x4, greyscale. Training tests are marked slow (they still run in CI) and are sized for one CPU core."""
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ from mkgan_engine.train.config import ZSSRConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, blur_downsample, degrade
 from mkgan_engine.train.kernel import analytic_x4
 from mkgan_engine.train.masked_crop import centres_from_uniforms
-from mkgan_engine.train.zssr import (
-    _dihedral_permutations,
-    _levels_for,
-    align_kernels,
+from mkgan_engine.train.zssr import align_kernels, run_zssr
+from mkgan_engine.train.zssr_data import (
     build_father_canvas,
     dihedral,
     dihedral_inverse,
-    forward_tiled,
+    dihedral_permutations,
+    father_levels,
     region_centre_map,
-    run_zssr,
     sample_fathers,
 )
+from mkgan_engine.train.zssr_inference import forward_tiled
 from mkgan_engine.train.zssr_net import MemberConvNet
 
 
@@ -50,7 +49,7 @@ def _tiny(**changes) -> ZSSRConfig:
 # ------------------------------------------------------------------------------------------------
 def test_dihedral_permutations_match_tensor_ops():
     x = torch.arange(36.0).reshape(6, 6)
-    perms = _dihedral_permutations(6, torch.device("cpu"))
+    perms = dihedral_permutations(6, torch.device("cpu"))
     for t in range(8):
         assert torch.equal(x.reshape(-1)[perms[t]].reshape(6, 6), dihedral(x, t))
         assert torch.equal(dihedral_inverse(dihedral(x, t), t), x)
@@ -98,7 +97,7 @@ def test_region_crops_come_from_the_region():
     region = ((yy - 60) / 30.0) ** 2 + ((xx - 40) / 36.0) ** 2 < 1.0
     image = torch.from_numpy(region.astype(np.float32))[None, None].expand(1, 3, h, w)
     config = ZSSRConfig.preset("fast")
-    canvas = build_father_canvas(_levels_for(image, [region], config), cs, 0.9)
+    canvas = build_father_canvas(father_levels(image, [region], config), cs, 0.9)
     assert canvas.rules == ["inside"] and len(canvas.blocks) == 3  # scale jitter levels are used
     # Admissible centres: the fraction of the crop inside the (canvas) region map.
     half = cs // 2
@@ -113,7 +112,7 @@ def test_region_crops_come_from_the_region():
     level_of = np.searchsorted([b[0] for b in canvas.blocks], centres[:, 1], side="right") - 1
     assert set(level_of.tolist()) == {0, 1, 2}
     # Gathered fathers (with flips/rotations) of the mask image: >= ~90 % region each.
-    perms = _dihedral_permutations(cs, torch.device("cpu"))
+    perms = dihedral_permutations(cs, torch.device("cpu"))
     seeds = torch.tensor([5])
     for step in range(1, 40):
         fathers, _ = sample_fathers(canvas, seeds, step, 4, perms)

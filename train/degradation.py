@@ -77,3 +77,9 @@ def resize_bicubic(image: torch.Tensor, scale: float) -> torch.Tensor:
     h, w = image.shape[-2:]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+
+
+def upsample_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of (N, C, h, w) to exactly ``size`` (pixel-centre aligned, like the LR grid of
+    an sf-aligned kernel); no antialiasing (for upsampling)."""
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .degradation import resize_bicubic
+
 MIN_COVERAGE = 0.9  # share of a crop's pixels that must be inside the region
 TOP_FRACTION = 0.03  # share of the region's gradient values kept
 MAX_COVERAGE_TOLERANCE = 0.02  # fallback: centres within this of the best coverage are allowed
@@ -156,10 +158,7 @@ def crop_probability_map(image: np.ndarray, mask: np.ndarray | None, crop_size: 
 
 def _downscale_half(grey: np.ndarray) -> np.ndarray:
     """x0.5 antialiased bicubic downscale of a float64 HxW image (torch, so it matches the trainer)."""
-    t = torch.from_numpy(np.ascontiguousarray(grey))[None, None]
-    size = (max(1, round(grey.shape[0] / 2)), max(1, round(grey.shape[1] / 2)))
-    out = torch.nn.functional.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=True)
-    return out[0, 0].numpy()
+    return resize_bicubic(torch.from_numpy(np.ascontiguousarray(grey))[None, None], 0.5)[0, 0].numpy()
 
 
 def region_crop_maps(

@@ -6,6 +6,10 @@ convolutions, :mod:`zssr_net`), each with its own weights, Adam state, learning-
 stopping point; one member is a batch of one, and a member trained in a batch gets the same result
 as alone with the same seed (all randomness is counter-based per member, :mod:`rng`).
 
+This module trains the members and runs them; :mod:`zssr_data` makes the father/son pairs,
+:mod:`zssr_net` holds the batched network, Adam and autocast, :mod:`zssr_inference` the
+self-ensemble, tiling and back-projection.
+
 Training (one *step* of scale ``s`` with kernel ``k``; our own implementation of the ZSSR paper):
 
 * Fathers: random ``crop`` x ``crop`` crops (``config.crop_size`` clipped to the image, rounded
@@ -62,7 +66,6 @@ runs in float32. Kernels, blurs, resampling and losses are always float32.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -70,46 +73,20 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import rng
 from .config import ZSSRConfig
-from .degradation import blur_downsample, resize_bicubic
+from .degradation import upsample_to
 from .kernel import analytic_x4
 from .masked_crop import gather_crops
-from .zssr_net import STREAM_ZSSR_INIT, MemberAdam, MemberConvNet
+from .zssr_data import build_father_canvas, dihedral_permutations, father_levels, make_sons, sample_fathers
+from .zssr_inference import back_project, region_box, upscale_member
+from .zssr_net import STREAM_ZSSR_INIT, MemberAdam, MemberConvNet, autocast_context
 
 # Stream used once per member to draw the fixed reconstruction-error crops.
 STREAM_ZSSR_REC = 9
 # Step counters of different stages of a gradual run never collide.
 _STAGE_STRIDE = 1 << 24
-
-
-# ------------------------------------------------------------------------------------------------
-# Small helpers
-# ------------------------------------------------------------------------------------------------
-def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of (N, C, h, w) to an exact size (pixel-centre aligned, like the LR grid of an
-    sf-aligned kernel)."""
-    return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
-
-
-def dihedral(x: torch.Tensor, t: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of the last two dims: flip W when t >= 4, then rot90 t % 4 times."""
-    if t >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, t % 4, dims=(-2, -1))
-
-
-def dihedral_inverse(x: torch.Tensor, t: int) -> torch.Tensor:
-    x = torch.rot90(x, -(t % 4), dims=(-2, -1))
-    return x.flip(-1) if t >= 4 else x
-
-
-def _dihedral_permutations(size: int, device: torch.device) -> torch.Tensor:
-    """(8, size*size) flat-index maps: transformed.flat[i] = original.flat[perm[t, i]]."""
-    base = torch.arange(size * size, device=device).reshape(size, size)
-    return torch.stack([dihedral(base, t).reshape(-1) for t in range(8)])
 
 
 def align_kernels(kernels: Sequence[np.ndarray]) -> torch.Tensor:
@@ -127,149 +104,6 @@ def align_kernels(kernels: Sequence[np.ndarray]) -> torch.Tensor:
         d = (size - 1) // 2 - (k.shape[0] - 1) // 2
         out[i, d : d + k.shape[0], d : d + k.shape[0]] = k / k.sum()
     return torch.from_numpy(out)
-
-
-def _autocast(device: torch.device, config: ZSSRConfig) -> tuple[contextlib.AbstractContextManager, float]:
-    """(autocast context, loss scale) for training/inference on this device."""
-    if device.type == "cuda" and config.amp:
-        if torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16), 1.0
-        return torch.autocast("cuda", dtype=torch.float16), 1024.0
-    return contextlib.nullcontext(), 1.0
-
-
-# ------------------------------------------------------------------------------------------------
-# Region-aware father sampling
-# ------------------------------------------------------------------------------------------------
-def region_centre_map(
-    mask: np.ndarray | None, shape: tuple[int, int], crop_size: int, min_inside: float = 0.9, fallback: bool = True
-) -> tuple[np.ndarray, str]:
-    """Admissible crop centres for one image (level) and one region.
-
-    A centre (y, x) stands for the crop with top-left (y - crop//2, x - crop//2); only crops that fit
-    in the image are admissible. Returns a float32 (h, w) 0/1 map and the rule used: "inside"
-    (>= ``min_inside`` of the crop in the region; every centre when ``mask`` is None), else with
-    ``fallback``: "centre" (the centre pixel is in the region), "cover" (crops covering at least
-    half the best achievable number of region pixels); "none" when nothing is admissible.
-    """
-    h, w = shape
-    prob = np.zeros((h, w), np.float32)
-    if crop_size > h or crop_size > w:
-        return prob, "none"
-    half = crop_size // 2
-    ny, nx = h - crop_size + 1, w - crop_size + 1  # number of top-left positions
-    if mask is None:
-        prob[half : half + ny, half : half + nx] = 1.0
-        return prob, "inside"
-    m = np.asarray(mask, bool)
-    if m.shape != (h, w):
-        raise ValueError(f"mask shape {m.shape} != image shape {(h, w)}")
-    s = np.zeros((h + 1, w + 1), np.int64)
-    s[1:, 1:] = m.astype(np.int64).cumsum(0).cumsum(1)
-    c = crop_size
-    count = s[c : c + ny, c : c + nx] - s[0:ny, c : c + nx] - s[c : c + ny, 0:nx] + s[0:ny, 0:nx]
-    frac = count / float(c * c)
-    ok = frac >= min_inside - 1e-9
-    rule = "inside"
-    if not ok.any():
-        if not fallback:
-            return prob, "none"
-        ok = m[half : half + ny, half : half + nx]
-        rule = "centre"
-        if not ok.any():
-            best = frac.max()
-            if best <= 0:
-                return prob, "none"
-            ok = frac >= 0.5 * best
-            rule = "cover"
-    prob[half : half + ny, half : half + nx] = ok
-    return prob, rule
-
-
-@dataclass
-class FatherCanvas:
-    """All father sources of a batch laid side by side: images (M, C, Hc, Wc) on the device, cdf
-    float32 (M, Hc*Wc) (integer counts, exact), the per-member admissible-centre map and region map
-    on the canvas (numpy, for diagnostics/tests), the level blocks (x offset, h, w, scale) and the
-    rule used for the first level of each member."""
-
-    images: torch.Tensor
-    cdf: torch.Tensor
-    centres: np.ndarray
-    regions: np.ndarray
-    blocks: list[tuple[int, int, int, float]]
-    rules: list[str]
-    crop_size: int
-
-
-def _downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return (F.interpolate(t, size=size, mode="area")[0, 0] >= 0.5).numpy()
-
-
-def build_father_canvas(
-    levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
-    crop_size: int,
-    min_inside: float = 0.9,
-) -> FatherCanvas:
-    """levels: (images (M, C, h, w), one mask (h, w) or None per member, scale label); the first
-    level is the main source (its centre map may use the fallbacks), the others only contribute
-    crops that lie >= ``min_inside`` in the region. Levels smaller than the crop are skipped."""
-    used = [(img, masks, sc) for img, masks, sc in levels if img.shape[-2] >= crop_size and img.shape[-1] >= crop_size]
-    if not used:
-        raise ValueError(f"crop size {crop_size} does not fit the image")
-    m, c = used[0][0].shape[:2]
-    height = max(img.shape[-2] for img, _, _ in used)
-    width = sum(img.shape[-1] for img, _, _ in used)
-    device = used[0][0].device
-    images = torch.zeros((m, c, height, width), device=device, dtype=torch.float32)
-    centres = np.zeros((m, height, width), np.float32)
-    regions = np.zeros((m, height, width), bool)
-    blocks: list[tuple[int, int, int, float]] = []
-    rules = [""] * m
-    x0 = 0
-    for li, (img, masks, sc) in enumerate(used):
-        h, w = img.shape[-2:]
-        images[:, :, :h, x0 : x0 + w] = img
-        for i in range(m):
-            mk = masks[i]
-            prob, rule = region_centre_map(mk, (h, w), crop_size, min_inside, fallback=li == 0)
-            centres[i, :h, x0 : x0 + w] = prob
-            regions[i, :h, x0 : x0 + w] = True if mk is None else mk
-            if li == 0:
-                rules[i] = rule
-        blocks.append((x0, h, w, sc))
-        x0 += w
-    for i in range(m):
-        if rules[i] == "none":
-            raise ValueError(f"member {i}: the region mask is empty")
-    cdf = torch.from_numpy(centres.reshape(m, -1)).to(device).cumsum(1)
-    return FatherCanvas(images, cdf, centres, regions, blocks, rules, crop_size)
-
-
-def sample_fathers(
-    canvas: FatherCanvas, seeds: torch.Tensor, step: int, batch: int, perms: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """This step's father crops (M, B, C, crop, crop) (flipped/rotated) and their canvas centres
-    (M, B, 2) as (y, x). Pure function of (seed, step): no host sync."""
-    m, c = canvas.images.shape[:2]
-    cs = canvas.crop_size
-    u = rng.uniform(seeds, rng.STREAM_ZSSR_CROPS, step, (batch,))
-    crops, centres = gather_crops(canvas.images, canvas.cdf, u, cs)
-    a = rng.uniform(seeds, rng.STREAM_ZSSR_AUGMENT, step, (batch,))
-    t = (a * 8).long().clamp_max(7)
-    idx = perms[t][:, :, None, :].expand(m, batch, c, cs * cs)
-    fathers = crops.reshape(m, batch, c, cs * cs).gather(3, idx).reshape(m, batch, c, cs, cs)
-    return fathers, centres
-
-
-def make_sons(fathers: torch.Tensor, kernels: torch.Tensor, scale: int, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """fathers (M, B, C, S, S) -> bicubic-upsampled sons of the same shape: D_k(father) (+ noise)."""
-    m, b, c, h, w = fathers.shape
-    sons = blur_downsample(fathers.reshape(m, b * c, h, w), kernels, scale)
-    if noise is not None:
-        sons = sons + noise.reshape(sons.shape)
-    return _upsample(sons, (h, w)).reshape(m, b, c, h, w)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,8 +152,8 @@ def train_members(
     cs = crop_size
     kernels = kernels.to(device)
     seeds_all = torch.as_tensor(list(seeds), dtype=torch.int64, device=device)
-    perms = _dihedral_permutations(cs, device)
-    autocast, loss_scale = _autocast(device, config)
+    perms = dihedral_permutations(cs, device)
+    autocast, loss_scale = autocast_context(device, config)
     step0 = stage * _STAGE_STRIDE
 
     if init is None:
@@ -434,69 +268,6 @@ def train_members(
 
 
 # ------------------------------------------------------------------------------------------------
-# Inference
-# ------------------------------------------------------------------------------------------------
-def forward_tiled(net: MemberConvNet, x: torch.Tensor, tile: int) -> torch.Tensor:
-    """net(x) for one member, x (1, C, H, W), computed on tiles of at most ``tile`` output pixels
-    with a halo of ``depth`` pixels (the receptive radius), so the result equals one whole pass."""
-    h, w = x.shape[-2:]
-    if h <= tile and w <= tile:
-        return net(x).float()
-    halo = len(net.weights)
-    out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
-            a0, b0 = max(0, y0 - halo), max(0, x0 - halo)
-            a1, b1 = min(h, y1 + halo), min(w, x1 + halo)
-            y = net(x[..., a0:a1, b0:b1]).float()
-            out[..., y0:y1, x0:x1] = y[..., y0 - a0 : y1 - a0, x0 - b0 : x1 - b0]
-    return out
-
-
-def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor, scale: int, iterations: int) -> torch.Tensor:
-    """sr (1, C, sH, sW), lr (1, C, H, W), kernel (1, K, K): sr += up(lr - D_k(sr)), ``iterations`` times."""
-    for _ in range(iterations):
-        sr = sr + _upsample(lr - blur_downsample(sr, kernel, scale), sr.shape[-2:])
-    return sr
-
-
-@torch.no_grad()
-def upscale_member(
-    net: MemberConvNet, lr: torch.Tensor, kernel: torch.Tensor, scale: int, config: ZSSRConfig
-) -> torch.Tensor:
-    """One member's SR of lr (1, C, H, W) -> (1, C, sH, sW) float32 (not clipped): self-ensemble
-    median of the net on the bicubic upsampling, then back-projection with ``kernel`` (1, K, K)."""
-    autocast, _ = _autocast(lr.device, config)
-    up = _upsample(lr, (lr.shape[-2] * scale, lr.shape[-1] * scale))
-    transforms = range(8) if config.self_ensemble else range(1)
-    outs = []
-    for t in transforms:
-        with autocast:
-            y = forward_tiled(net, dihedral(up, t), config.inference_tile)
-        outs.append(dihedral_inverse(y, t))
-    if len(outs) == 1:
-        sr = outs[0]
-    else:
-        stacked = torch.stack(outs).sort(dim=0).values
-        n = stacked.shape[0]
-        sr = 0.5 * (stacked[(n - 1) // 2] + stacked[n // 2])
-    return back_project(sr, lr, kernel, scale, config.back_projection_iterations)
-
-
-def region_box(mask: np.ndarray | None, shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) bounding box of the mask plus ``margin`` pixels, clipped; whole image for None."""
-    h, w = shape
-    if mask is None:
-        return 0, h, 0, w
-    rows = np.flatnonzero(np.asarray(mask).any(1))
-    cols = np.flatnonzero(np.asarray(mask).any(0))
-    if rows.size == 0:
-        raise ValueError("empty region mask")
-    return (max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin), max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin))
-
-
-# ------------------------------------------------------------------------------------------------
 # Public API
 # ------------------------------------------------------------------------------------------------
 @dataclass
@@ -536,21 +307,6 @@ class ZSSRResult:
     @property
     def iterations_per_second(self) -> float:
         return self.iterations / max(self.train_seconds, 1e-9)
-
-
-def _levels_for(source: torch.Tensor, masks: Sequence[np.ndarray | None], config: ZSSRConfig):
-    """The source (M, C, h, w) and its scale-jitter pyramid with matching masks."""
-    levels = [(source, list(masks), 1.0)]
-    if config.scale_jitter:
-        h, w = source.shape[-2:]
-        for sc in config.scale_jitter_levels:
-            if sc >= 1.0:
-                continue
-            img = resize_bicubic(source, sc).clamp(0, 1)
-            size = tuple(img.shape[-2:])
-            lm = [None if mk is None else _downscale_mask(np.asarray(mk, bool), size) for mk in masks]
-            levels.append((img, lm, sc))
-    return levels
 
 
 def _crop_size(config: ZSSRConfig, shape: tuple[int, int], scale: int) -> int:
@@ -622,14 +378,14 @@ def run_zssr(
     source = lr.expand(m, -1, -1, -1)
     t0 = time.perf_counter()
     net, infos1, iters = train_members(
-        _levels_for(source, masks, config), k_step, step_scale, config, seeds, _crop_size(config, (h, w), step_scale)
+        father_levels(source, masks, config), k_step, step_scale, config, seeds, _crop_size(config, (h, w), step_scale)
     )
     train_seconds += time.perf_counter() - t0
     total_iters += iters
     outs = []
     for i in range(m):
         y0, y1, x0, x1 = boxes[i]
-        full = _upsample(lr, (h * step_scale, w * step_scale))
+        full = upsample_to(lr, (h * step_scale, w * step_scale))
         sr = upscale_member(net.select([i]), lr[..., y0:y1, x0:x1], k_step[i : i + 1].to(device), step_scale, config)
         full[..., y0 * step_scale : y1 * step_scale, x0 * step_scale : x1 * step_scale] = sr
         outs.append(full.clamp(0, 1))
@@ -639,7 +395,7 @@ def run_zssr(
     if gradual:
         mid = torch.cat(outs)  # (M, C, 2h, 2w)
         masks2 = [None if mk is None else np.repeat(np.repeat(np.asarray(mk, bool), 2, 0), 2, 1) for mk in masks]
-        levels = _levels_for(mid, masks2, config) + [(source, masks, 0.5)]
+        levels = father_levels(mid, masks2, config) + [(source, masks, 0.5)]
         t0 = time.perf_counter()
         net2, infos2, iters = train_members(
             levels, k_given, 2, config, seeds, _crop_size(config, (2 * h, 2 * w), 2), stage=1,
@@ -651,7 +407,7 @@ def run_zssr(
         outs2 = []
         for i in range(m):
             y0, y1, x0, x1 = boxes[i]
-            full = _upsample(lr, (4 * h, 4 * w))
+            full = upsample_to(lr, (4 * h, 4 * w))
             sr = upscale_member(
                 net2.select([i]), mid[i : i + 1, :, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1], k_given[i : i + 1].to(device), 2, config
             )
@@ -665,7 +421,7 @@ def run_zssr(
     for out in outs:
         arr = out[0].float().cpu().numpy().transpose(1, 2, 0)
         if alpha is not None:
-            a = _upsample(torch.from_numpy(np.ascontiguousarray(alpha.transpose(2, 0, 1)))[None], arr.shape[:2])
+            a = upsample_to(torch.from_numpy(np.ascontiguousarray(alpha.transpose(2, 0, 1)))[None], arr.shape[:2])
             arr = np.concatenate([arr, a[0].numpy().transpose(1, 2, 0).clip(0, 1)], axis=2)
         if grey2d:
             arr = arr[..., 0]

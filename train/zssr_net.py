@@ -14,11 +14,13 @@ member follows its own learning-rate policy; the moments are per parameter and t
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .config import ZSSRConfig
 from .rng import member_generator
 
 # Stream for weight initialisation (one per stage of a gradual run, see zssr.py); kept apart from
@@ -172,3 +174,12 @@ class MemberAdam:
         new.exp_avg_sq = [v.index_select(0, idx).clone() for v in self.exp_avg_sq]
         new.steps = self.steps
         return new
+
+
+def autocast_context(device: torch.device, config: ZSSRConfig) -> tuple[contextlib.AbstractContextManager, float]:
+    """(autocast context, loss scale) for training/inference on this device."""
+    if device.type == "cuda" and config.amp:
+        if torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16), 1.0
+        return torch.autocast("cuda", dtype=torch.float16), 1024.0
+    return contextlib.nullcontext(), 1.0

@@ -1,0 +1,182 @@
+"""Father/son pairs for ZSSR training, batched over members (see :mod:`zssr` for the method).
+
+A *father* is a crop of the image being upscaled (or of its scale-jitter pyramid), drawn from the
+member's own region and flipped/rotated; its *son* is the father degraded with the member's kernel
+and upsampled back. All levels of all members are laid side by side on one :class:`FatherCanvas`
+so that one :func:`masked_crop.gather_crops` call per step draws every member's crops on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import rng
+from .config import ZSSRConfig
+from .degradation import blur_downsample, resize_bicubic, upsample_to
+from .masked_crop import gather_crops
+from .sampler import crop_coverage
+
+
+# ------------------------------------------------------------------------------------------------
+# Flips and rotations
+# ------------------------------------------------------------------------------------------------
+def dihedral(x: torch.Tensor, t: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of the last two dims: flip W when t >= 4, then rot90 t % 4 times."""
+    if t >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, t % 4, dims=(-2, -1))
+
+
+def dihedral_inverse(x: torch.Tensor, t: int) -> torch.Tensor:
+    x = torch.rot90(x, -(t % 4), dims=(-2, -1))
+    return x.flip(-1) if t >= 4 else x
+
+
+def dihedral_permutations(size: int, device: torch.device) -> torch.Tensor:
+    """(8, size*size) flat-index maps: transformed.flat[i] = original.flat[perm[t, i]]."""
+    base = torch.arange(size * size, device=device).reshape(size, size)
+    return torch.stack([dihedral(base, t).reshape(-1) for t in range(8)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Region-aware father sampling
+# ------------------------------------------------------------------------------------------------
+def region_centre_map(
+    mask: np.ndarray | None, shape: tuple[int, int], crop_size: int, min_inside: float = 0.9, fallback: bool = True
+) -> tuple[np.ndarray, str]:
+    """Admissible crop centres for one image (level) and one region.
+
+    A centre (y, x) stands for the crop with top-left (y - crop//2, x - crop//2); only crops that fit
+    in the image are admissible. Returns a float32 (h, w) 0/1 map and the rule used: "inside"
+    (>= ``min_inside`` of the crop in the region; every centre when ``mask`` is None), else with
+    ``fallback``: "centre" (the centre pixel is in the region), "cover" (crops covering at least
+    half the best achievable number of region pixels); "none" when nothing is admissible.
+    """
+    none = np.zeros(shape, np.float32), "none"
+    region = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+    if region.shape != tuple(shape):
+        raise ValueError(f"mask shape {region.shape} != image shape {tuple(shape)}")
+    coverage = crop_coverage(region, crop_size)  # NaN where the crop leaves the image
+    fits = np.isfinite(coverage)
+    if not fits.any():
+        return none
+    coverage = np.where(fits, coverage, 0.0)
+    ok, rule = coverage >= min_inside - 1e-9, "inside"
+    if not ok.any():
+        if not fallback:
+            return none
+        ok, rule = fits & region, "centre"
+        if not ok.any():
+            best = coverage.max()
+            if best <= 0:
+                return none
+            ok, rule = coverage >= 0.5 * best, "cover"
+    return ok.astype(np.float32), rule
+
+
+@dataclass
+class FatherCanvas:
+    """All father sources of a batch laid side by side: images (M, C, Hc, Wc) on the device, cdf
+    float32 (M, Hc*Wc) (integer counts, exact), the per-member admissible-centre map and region map
+    on the canvas (numpy, for diagnostics/tests), the level blocks (x offset, h, w, scale) and the
+    rule used for the first level of each member."""
+
+    images: torch.Tensor
+    cdf: torch.Tensor
+    centres: np.ndarray
+    regions: np.ndarray
+    blocks: list[tuple[int, int, int, float]]
+    rules: list[str]
+    crop_size: int
+
+
+def _downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return (F.interpolate(t, size=size, mode="area")[0, 0] >= 0.5).numpy()
+
+
+def build_father_canvas(
+    levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
+    crop_size: int,
+    min_inside: float = 0.9,
+) -> FatherCanvas:
+    """levels: (images (M, C, h, w), one mask (h, w) or None per member, scale label); the first
+    level is the main source (its centre map may use the fallbacks), the others only contribute
+    crops that lie >= ``min_inside`` in the region. Levels smaller than the crop are skipped."""
+    used = [(img, masks, sc) for img, masks, sc in levels if img.shape[-2] >= crop_size and img.shape[-1] >= crop_size]
+    if not used:
+        raise ValueError(f"crop size {crop_size} does not fit the image")
+    m, c = used[0][0].shape[:2]
+    height = max(img.shape[-2] for img, _, _ in used)
+    width = sum(img.shape[-1] for img, _, _ in used)
+    device = used[0][0].device
+    images = torch.zeros((m, c, height, width), device=device, dtype=torch.float32)
+    centres = np.zeros((m, height, width), np.float32)
+    regions = np.zeros((m, height, width), bool)
+    blocks: list[tuple[int, int, int, float]] = []
+    rules = [""] * m
+    x0 = 0
+    for li, (img, masks, sc) in enumerate(used):
+        h, w = img.shape[-2:]
+        images[:, :, :h, x0 : x0 + w] = img
+        for i in range(m):
+            mk = masks[i]
+            prob, rule = region_centre_map(mk, (h, w), crop_size, min_inside, fallback=li == 0)
+            centres[i, :h, x0 : x0 + w] = prob
+            regions[i, :h, x0 : x0 + w] = True if mk is None else mk
+            if li == 0:
+                rules[i] = rule
+        blocks.append((x0, h, w, sc))
+        x0 += w
+    for i in range(m):
+        if rules[i] == "none":
+            raise ValueError(f"member {i}: the region mask is empty")
+    cdf = torch.from_numpy(centres.reshape(m, -1)).to(device).cumsum(1)
+    return FatherCanvas(images, cdf, centres, regions, blocks, rules, crop_size)
+
+
+def sample_fathers(
+    canvas: FatherCanvas, seeds: torch.Tensor, step: int, batch: int, perms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This step's father crops (M, B, C, crop, crop) (flipped/rotated) and their canvas centres
+    (M, B, 2) as (y, x). Pure function of (seed, step): no host sync."""
+    m, c = canvas.images.shape[:2]
+    cs = canvas.crop_size
+    u = rng.uniform(seeds, rng.STREAM_ZSSR_CROPS, step, (batch,))
+    crops, centres = gather_crops(canvas.images, canvas.cdf, u, cs)
+    a = rng.uniform(seeds, rng.STREAM_ZSSR_AUGMENT, step, (batch,))
+    t = (a * 8).long().clamp_max(7)
+    idx = perms[t][:, :, None, :].expand(m, batch, c, cs * cs)
+    fathers = crops.reshape(m, batch, c, cs * cs).gather(3, idx).reshape(m, batch, c, cs, cs)
+    return fathers, centres
+
+
+def make_sons(fathers: torch.Tensor, kernels: torch.Tensor, scale: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """fathers (M, B, C, S, S) -> bicubic-upsampled sons of the same shape: D_k(father) (+ noise)."""
+    m, b, c, h, w = fathers.shape
+    sons = blur_downsample(fathers.reshape(m, b * c, h, w), kernels, scale)
+    if noise is not None:
+        sons = sons + noise.reshape(sons.shape)
+    return upsample_to(sons, (h, w)).reshape(m, b, c, h, w)
+
+
+def father_levels(
+    source: torch.Tensor, masks: Sequence[np.ndarray | None], config: ZSSRConfig
+) -> list[tuple[torch.Tensor, list[np.ndarray | None], float]]:
+    """The source (M, C, h, w) and its scale-jitter pyramid with matching masks."""
+    levels = [(source, list(masks), 1.0)]
+    if config.scale_jitter:
+        h, w = source.shape[-2:]
+        for sc in config.scale_jitter_levels:
+            if sc >= 1.0:
+                continue
+            img = resize_bicubic(source, sc).clamp(0, 1)
+            size = tuple(img.shape[-2:])
+            lm = [None if mk is None else _downscale_mask(np.asarray(mk, bool), size) for mk in masks]
+            levels.append((img, lm, sc))
+    return levels
