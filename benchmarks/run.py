@@ -8,9 +8,12 @@ Methods (all through the library API):
   ours-gtmask    Multi-KernelGAN + ZSSR with the ground-truth mask (protocol S only)
   gt-kernels     ZSSR with the ground-truth kernel(s) and mask: the upper bound
 
-Every (image, method, seed) is one row of OUT/runs.csv; the table reports, per method, the mean
-over images for each seed, then the mean and standard deviation over seeds (never a best-of-N),
-and the share of the gap between zssr-bicubic and gt-kernels that the method closes.
+Every (image, method, seed) is one row of OUT/runs.csv, written as soon as it is measured; the
+table reports, per method, the mean over images for each seed, then the mean and standard deviation
+over seeds (never a best-of-N), and the share of the gap between zssr-bicubic and gt-kernels that
+the method closes. A rerun with the same OUT and settings (OUT/settings.json) resumes: rows already
+in runs.csv are kept, not run again, so more seeds or methods can be added later and the table
+covers them all.
 
     python benchmarks/run.py --data benchmarks/data/S_x2 --seeds 0,1,2 --preset fast --out benchmarks/runs/S_quick \
         --results benchmarks/RESULTS.md --section "S-quick"
@@ -190,6 +193,46 @@ def override_config(config: KernelGANConfig, assignments: list[str]) -> KernelGA
     return config.with_(**changes)
 
 
+def run_settings(args: argparse.Namespace, base: EngineConfig, meta: dict) -> dict:
+    """What a row's numbers depend on besides (image, method, seed): rows measured under other
+    settings must not be mixed into one table."""
+    settings = {"data": str(args.data.resolve()), "data_seed": meta["seed"], "preset": args.preset,
+                "kernelgan": dataclasses.asdict(base.kernelgan), "zssr": dataclasses.asdict(base.zssr)}
+    return json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
+
+
+def _parse_cell(key: str, value: str) -> object:
+    if key in ("image", "method"):
+        return value
+    number = float(value)
+    return int(number) if key in ("seed", "regions") else number
+
+
+def load_runs(out: Path, settings: dict) -> list[dict]:
+    """The rows of an earlier run in ``out`` with the same settings ([] for a new folder); exits with a
+    clear message when ``out`` holds runs made with other settings."""
+    runs, saved = out / "runs.csv", out / "settings.json"
+    if not runs.exists():
+        return []
+    if not saved.exists() or json.loads(saved.read_text()) != settings:
+        raise SystemExit(f"{out} holds runs made with other settings (see {saved}); pass another --out")
+    with open(runs, newline="") as f:
+        return [{k: _parse_cell(k, v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def save_runs(out: Path, rows: list[dict], settings: dict) -> None:
+    """Write runs.csv (one row per (image, method, seed)) and settings.json, each atomically."""
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("image", "method", "seed"), k))
+    tmp = out / "runs.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out / "runs.csv")
+    (out / "settings.json.tmp").write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(out / "settings.json.tmp", out / "settings.json")
+
+
 def publish(text: str, results: Path | None, section: str | None) -> None:
     """Print a results block and, given a RESULTS.md path and a section, replace that section there."""
     print(text)
@@ -250,26 +293,28 @@ def main(argv: list[str] | None = None) -> None:
     base = EngineConfig(scale=scale, preset=args.preset, device=args.device)  # type: ignore[arg-type]
     base.kernelgan = override_config(base.kernelgan.with_(kernel_model=args.kernel_model), args.kernelgan)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    started = time.time()
+    settings = run_settings(args, base, meta)
+    rows = [r for r in load_runs(args.out, settings) if r["image"] in names]
+    done = {(r["image"], r["method"], r["seed"]) for r in rows}
+    if done:
+        print(f"resuming: {len(done)} runs already in {args.out / 'runs.csv'}", flush=True)
     for name in names:
         sample = Sample(args.data, name, protocol)
         for seed in seeds:
             srs, results = {}, {}
             for method in methods:
+                if (name, method, seed) in done:
+                    continue
                 if method == "bicubic" and seed != seeds[0]:
                     row = dict(next(r for r in rows if r["image"] == name and r["method"] == "bicubic"), seed=seed)
                 else:
                     row, srs[method], results[method] = evaluate(method, sample, base, seed)
                 rows.append(row)
+                save_runs(args.out, rows, settings)
                 print(json.dumps(row), flush=True)
-            if args.figures and seed == seeds[0]:
+            if args.figures and seed == seeds[0] and len(srs) == len(methods):
                 save_figure(args.figures, sample, srs, results, scale)
-    columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("image", "method", "seed"), k))
-    with open(args.out / "runs.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    rows = [r for r in rows if r["method"] in methods and r["seed"] in seeds]
     table = summarise(rows, methods)
     on_gpu = torch.cuda.is_available() and base.device != "cpu"
     machine = f"{platform.machine()}, " + (torch.cuda.get_device_name(0) if on_gpu else f"CPU ({os.cpu_count()} cores)")
@@ -277,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, {args.kernel_model} kernel model{overrides}, "
               f"{len(names)} images x {len(seeds)} seeds "
               f"(seeds {args.seeds}; data seed {meta['seed']})\n\nMachine: {machine}; torch {torch.__version__}; "
-              f"total {(time.time() - started) / 60:.1f} min. Mean ± std over seeds of the per-seed mean over images.")
+              f"runs took {sum(r['wall_s'] for r in rows) / 60:.1f} min in all. "
+              f"Mean ± std over seeds of the per-seed mean over images.")
     if args.command:
         header += f"\n\nCommand: `{args.command}`"
     text = markdown(table, header)
