@@ -29,6 +29,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from mkgan_engine.imageio import read_image
 from mkgan_engine.metrics import score
 from mkgan_engine.pipeline import Engine, Result
 from mkgan_engine.regions import RegionInfo, RegionMap
-from mkgan_engine.train.config import KERNEL_MODELS, KernelGANConfig
+from mkgan_engine.train.config import KERNEL_MODELS, KernelGANConfig, ZSSRConfig
 from mkgan_engine.train.degradation import resize_bicubic
 from mkgan_engine.train.kernel import kernel_error, load_kernel
 
@@ -171,25 +172,33 @@ def update_results(path: Path, section: str, text: str) -> None:
     path.write_text(current)
 
 
+def add_override_option(parser: argparse.ArgumentParser, stage: str, example: str) -> None:
+    """``--<stage> NAME=VALUE`` (repeatable): overrides of that stage's config, see :func:`override_config`."""
+    parser.add_argument(f"--{stage}", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"override a {stage} config field (repeatable), e.g. {example}")
+
+
 def add_kernelgan_option(parser: argparse.ArgumentParser) -> None:
-    """``--kernelgan NAME=VALUE`` (repeatable): KernelGANConfig overrides, see :func:`override_config`."""
-    parser.add_argument("--kernelgan", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a KernelGANConfig field (repeatable), e.g. gaussian_lr=0.002")
+    """``--kernelgan NAME=VALUE`` (repeatable): KernelGANConfig overrides."""
+    add_override_option(parser, "kernelgan", "gaussian_lr=0.002")
 
 
-def override_config(config: KernelGANConfig, assignments: list[str]) -> KernelGANConfig:
-    """``config`` with fields set from "name=value" strings (``--kernelgan``), each value parsed as
-    the type of the field's current value (int, float, str; tuples are not supported)."""
+Config = TypeVar("Config", KernelGANConfig, ZSSRConfig)
+
+
+def override_config(config: Config, assignments: list[str]) -> Config:
+    """``config`` with fields set from "name=value" strings (``--kernelgan``, ``--zssr``), each value
+    parsed as the type of the field's current value (int, float, str; tuples are not supported)."""
     changes: dict[str, object] = {}
     for item in assignments:
         name, sep, value = item.partition("=")
         current = getattr(config, name) if sep and name in {f.name for f in dataclasses.fields(config)} else None
         if not isinstance(current, (int, float, str)) or isinstance(current, bool):
-            raise SystemExit(f"--kernelgan {item!r}: expected NAME=VALUE with NAME a number or string field of KernelGANConfig")
+            raise SystemExit(f"{item!r}: expected NAME=VALUE with NAME a number or string field of {type(config).__name__}")
         try:
             changes[name] = type(current)(value)
         except ValueError:
-            raise SystemExit(f"--kernelgan {item!r}: {value!r} is not a {type(current).__name__}") from None
+            raise SystemExit(f"{item!r}: {value!r} is not a {type(current).__name__}") from None
     return config.with_(**changes)
 
 
@@ -276,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=["fast", "paper"], default="fast")
     parser.add_argument("--kernel-model", choices=KERNEL_MODELS, default="deep-linear")
     add_kernelgan_option(parser)
+    add_override_option(parser, "zssr", "region_share=0.5")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0, help="first N images only")
     parser.add_argument("--out", type=Path, required=True)
@@ -292,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     base = EngineConfig(scale=scale, preset=args.preset, device=args.device)  # type: ignore[arg-type]
     base.kernelgan = override_config(base.kernelgan.with_(kernel_model=args.kernel_model), args.kernelgan)
+    base.zssr = override_config(base.zssr, args.zssr)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = run_settings(args, base, meta)
     rows = [r for r in load_runs(args.out, settings) if r["image"] in names]
@@ -318,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     table = summarise(rows, methods)
     on_gpu = torch.cuda.is_available() and base.device != "cpu"
     machine = f"{platform.machine()}, " + (torch.cuda.get_device_name(0) if on_gpu else f"CPU ({os.cpu_count()} cores)")
-    overrides = f" ({', '.join(args.kernelgan)})" if args.kernelgan else ""
+    overrides = f" ({', '.join(args.kernelgan + args.zssr)})" if args.kernelgan or args.zssr else ""
     header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, {args.kernel_model} kernel model{overrides}, "
               f"{len(names)} images x {len(seeds)} seeds "
               f"(seeds {args.seeds}; data seed {meta['seed']})\n\nMachine: {machine}; torch {torch.__version__}; "

@@ -117,6 +117,15 @@ def test_region_crops_come_from_the_region():
     for step in range(1, 40):
         fathers, _ = sample_fathers(canvas, seeds, step, 4, perms)
         assert fathers.mean(dim=(2, 3, 4)).min() >= 0.85
+    # region_share 0.5: half the crops from the region's admissible centres, half from anywhere.
+    mixed = build_father_canvas(father_levels(image, [region], config), cs, 0.9, region_share=0.5)
+    torch.testing.assert_close(mixed.cdf[:, -1], torch.ones(1))
+    centres = centres_from_uniforms(mixed.cdf, u, mixed.images.shape[-1])[0].numpy()
+    in_region = canvas.centres[0][centres[:, 0], centres[:, 1]] > 0
+    admissible = canvas.centres[0].sum() / float((mixed.centres[0] > 0).sum())
+    assert in_region.mean() == pytest.approx(0.5 + 0.5 * admissible, abs=0.03)
+    with pytest.raises(ValueError, match="region_share"):
+        build_father_canvas(father_levels(image, [region], config), cs, 0.9, region_share=1.5)
     # A region too small for a 90 %-inside crop: centres inside the region.
     small = np.zeros((h, w), bool)
     small[10:22, 70:84] = True

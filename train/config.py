@@ -107,6 +107,7 @@ class ZSSRConfig:
     lr_slope_ratio: float = 1.0  # lr /lr_decay unless -slope > ratio * std error of the slope
     lr_decay: float = 10.0
     region_min_inside: float = 0.9  # father crop centres where >= this fraction of the crop is in the region
+    region_share: float = 1.0  # a region's father crops come from it with this probability, else from the whole image
     scale_jitter_levels: tuple[float, ...] = (1.0, 0.85, 0.7)  # downscaled copies fathers are also drawn from
     inference_margin: int = 16  # LR pixels around a region's bounding box that are super-resolved too
     inference_tile: int = 512  # the net runs on tiles of at most this side (output pixels), exactly

@@ -148,7 +148,7 @@ def train_members(
     members), per-member info and the number of batched iterations run."""
     device = levels[0][0].device
     m = len(seeds)
-    canvas = build_father_canvas(levels, crop_size, config.region_min_inside)
+    canvas = build_father_canvas(levels, crop_size, config.region_min_inside, config.region_share)
     cs = crop_size
     kernels = kernels.to(device)
     seeds_all = torch.as_tensor(list(seeds), dtype=torch.int64, device=device)

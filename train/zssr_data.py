@@ -82,7 +82,8 @@ def region_centre_map(
 @dataclass
 class FatherCanvas:
     """All father sources of a batch laid side by side: images (M, C, Hc, Wc) on the device, cdf
-    float32 (M, Hc*Wc) (integer counts, exact), the per-member admissible-centre map and region map
+    float32 (M, Hc*Wc) (integer counts, exact, unless crops are also drawn outside the region; see
+    :func:`build_father_canvas`), the per-member admissible-centre map and region map
     on the canvas (numpy, for diagnostics/tests), the level blocks (x offset, h, w, scale) and the
     rule used for the first level of each member."""
 
@@ -104,10 +105,17 @@ def build_father_canvas(
     levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
     crop_size: int,
     min_inside: float = 0.9,
+    region_share: float = 1.0,
 ) -> FatherCanvas:
     """levels: (images (M, C, h, w), one mask (h, w) or None per member, scale label); the first
     level is the main source (its centre map may use the fallbacks), the others only contribute
-    crops that lie >= ``min_inside`` in the region. Levels smaller than the crop are skipped."""
+    crops that lie >= ``min_inside`` in the region. Levels smaller than the crop are skipped.
+
+    region_share in [0, 1]: the probability that a member with a mask draws a crop from its region
+    (as above); otherwise the crop is drawn uniformly from the whole image (all levels). With 1
+    the centre maps are 0/1 counts; below 1 they are probabilities (each member's sums to 1)."""
+    if not 0.0 <= region_share <= 1.0:
+        raise ValueError(f"region_share must be in [0, 1], got {region_share}")
     used = [(img, masks, sc) for img, masks, sc in levels if img.shape[-2] >= crop_size and img.shape[-1] >= crop_size]
     if not used:
         raise ValueError(f"crop size {crop_size} does not fit the image")
@@ -136,6 +144,14 @@ def build_father_canvas(
     for i in range(m):
         if rules[i] == "none":
             raise ValueError(f"member {i}: the region mask is empty")
+    if region_share < 1.0:
+        whole = np.zeros((height, width), np.float64)
+        for x0, h, w, _ in blocks:
+            whole[:h, x0 : x0 + w] = region_centre_map(None, (h, w), crop_size)[0]
+        whole /= whole.sum()
+        for i in range(m):
+            if any(masks[i] is not None for _, masks, _ in used):
+                centres[i] = region_share * centres[i] / centres[i].sum() + (1.0 - region_share) * whole
     cdf = torch.from_numpy(centres.reshape(m, -1)).to(device).cumsum(1)
     return FatherCanvas(images, cdf, centres, regions, blocks, rules, crop_size)
 
