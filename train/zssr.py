@@ -16,7 +16,9 @@ Training (one *step* of scale ``s`` with kernel ``k``; our own implementation of
   down to a multiple of ``s``) of the image being upscaled. With a region mask the crop centres are
   drawn uniformly over the centres whose crop lies >= ``config.region_min_inside`` (90 %) inside the
   region; when there are none, over the centres inside the region; when there are none of those
-  either (a sliver at the border), over the crops covering the most region pixels. Scale jitter: the
+  either (a sliver at the border), over the crops covering the most region pixels. With
+  ``config.region_share`` < 1 only that share of the crops is drawn this way, the rest uniformly
+  over the whole image (a region's net then also sees the rest of the image). Scale jitter: the
   image is also downscaled (bicubic, antialiased) by ``config.scale_jitter_levels``; all levels are
   laid side by side on one *canvas* and the centre map covers all of them, so a level is picked with
   probability proportional to its number of admissible centres (about its area, as in ZSSR) and one
