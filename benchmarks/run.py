@@ -229,8 +229,14 @@ def load_runs(out: Path, settings: dict) -> list[dict]:
         return [{k: _parse_cell(k, v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
-def save_runs(out: Path, rows: list[dict], settings: dict) -> None:
-    """Write runs.csv (one row per (image, method, seed)) and settings.json, each atomically."""
+def save_settings(out: Path, settings: dict) -> None:
+    """Write settings.json (what the rows in runs.csv were measured under), atomically."""
+    (out / "settings.json.tmp").write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(out / "settings.json.tmp", out / "settings.json")
+
+
+def save_runs(out: Path, rows: list[dict]) -> None:
+    """Write runs.csv (one row per (image, method, seed)), atomically."""
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("image", "method", "seed"), k))
     tmp = out / "runs.csv.tmp"
     with open(tmp, "w", newline="") as f:
@@ -238,8 +244,6 @@ def save_runs(out: Path, rows: list[dict], settings: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, out / "runs.csv")
-    (out / "settings.json.tmp").write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(out / "settings.json.tmp", out / "settings.json")
 
 
 def publish(text: str, results: Path | None, section: str | None) -> None:
@@ -306,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     settings = run_settings(args, base, meta)
     rows = [r for r in load_runs(args.out, settings) if r["image"] in names]
+    save_settings(args.out, settings)
     done = {(r["image"], r["method"], r["seed"]) for r in rows}
     if done:
         print(f"resuming: {len(done)} runs already in {args.out / 'runs.csv'}", flush=True)
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     row, srs[method], results[method] = evaluate(method, sample, base, seed)
                 rows.append(row)
-                save_runs(args.out, rows, settings)
+                save_runs(args.out, rows)
                 print(json.dumps(row), flush=True)
             if args.figures and seed == seeds[0] and len(srs) == len(methods):
                 save_figure(args.figures, sample, srs, results, scale)

@@ -149,8 +149,8 @@ def build_father_canvas(
         for x0, h, w, _ in blocks:
             whole[:h, x0 : x0 + w] = region_centre_map(None, (h, w), crop_size)[0]
         whole /= whole.sum()
-        for i in range(m):
-            if any(masks[i] is not None for _, masks, _ in used):
+        for i, mask in enumerate(used[0][1]):
+            if mask is not None:
                 centres[i] = region_share * centres[i] / centres[i].sum() + (1.0 - region_share) * whole
     cdf = torch.from_numpy(centres.reshape(m, -1)).to(device).cumsum(1)
     return FatherCanvas(images, cdf, centres, regions, blocks, rules, crop_size)
