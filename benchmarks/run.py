@@ -159,6 +159,21 @@ def markdown(table: list[dict], header: str) -> str:
     return "\n".join(lines)
 
 
+def per_image_markdown(rows: list[dict], methods: list[str], names: list[str]) -> str:
+    """Y-PSNR (dB) per method (rows) and image (columns), mean over seeds; "-" where not measured."""
+    short = [name.split("_", 1)[-1] for name in names]
+    lines = ["Y-PSNR (dB) per image, mean over seeds:", "", "| method | " + " | ".join(short) + " |",
+             "|---|" + "---|" * len(names)]
+    for method in methods:
+        cells = []
+        for name in names:
+            values = [r["psnr_y"] for r in rows if r["method"] == method and r["image"] == name]
+            cells.append(f"{np.mean(values):.2f}" if values else "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def update_results(path: Path, section: str, text: str) -> None:
     """Replace the block between <!-- BEGIN section --> and <!-- END section --> (append if absent)."""
     begin, end = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
@@ -342,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
               f"Mean ± std over seeds of the per-seed mean over images.")
     if args.command:
         header += f"\n\nCommand: `{args.command}`"
-    text = markdown(table, header)
+    text = markdown(table, header) + "\n\n" + per_image_markdown(rows, methods, names)
     (args.out / "summary.md").write_text(text + "\n")
     publish(text, args.results, args.section)
 

@@ -47,7 +47,9 @@ def test_run_resumes_and_refuses_other_settings(tmp_path, capsys):
     assert "resuming: 1 runs" in capsys.readouterr().out
     rows = _rows(out)
     assert [r["seed"] for r in rows] == ["0", "1"] and rows[0] == first
-    assert "1 images x 2 seeds" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "1 images x 2 seeds" in summary
+    assert f"| bicubic | {float(first['psnr_y']):.2f} |" in summary  # the per-image table
 
     with pytest.raises(SystemExit, match="other settings"):
         run.main(common + ["--seeds", "0", "--preset", "paper"])
