@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from mkgan_engine.config import EngineConfig, MaskerConfig
-from mkgan_engine.imageio import read_image
+from mkgan_engine.imageio import read_image, write_bytes_atomic
 from mkgan_engine.metrics import score
 from mkgan_engine.pipeline import Engine, Result
 from mkgan_engine.regions import RegionInfo, RegionMap
@@ -246,19 +247,17 @@ def load_runs(out: Path, settings: dict) -> list[dict]:
 
 def save_settings(out: Path, settings: dict) -> None:
     """Write settings.json (what the rows in runs.csv were measured under), atomically."""
-    (out / "settings.json.tmp").write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(out / "settings.json.tmp", out / "settings.json")
+    write_bytes_atomic(out / "settings.json", (json.dumps(settings, indent=1) + "\n").encode())
 
 
 def save_runs(out: Path, rows: list[dict]) -> None:
     """Write runs.csv (one row per (image, method, seed)), atomically."""
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("image", "method", "seed"), k))
-    tmp = out / "runs.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "runs.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(out / "runs.csv", text.getvalue().encode())
 
 
 def publish(text: str, results: Path | None, section: str | None) -> None:
