@@ -4,8 +4,9 @@ Methods (all through the library API):
   bicubic        bicubic interpolation
   zssr-bicubic   ZSSR with the bicubic x2 kernel (the classic non-blind baseline)
   kernelgan      KernelGAN + ZSSR, one kernel per image (masker "none")
-  ours-<masker>  Multi-KernelGAN + ZSSR with a weight-free masker (fft, edges, gradient)
-  ours-gtmask    Multi-KernelGAN + ZSSR with the ground-truth mask (protocol S only)
+  kenet          KENet + ZSSR, one kernel per image (masker "none")
+  ours-<masker>  one kernel per region (--kernel-estimator) + ZSSR with a weight-free masker (fft, edges, gradient)
+  ours-gtmask    the same with the ground-truth mask (protocol S only)
   gt-kernels     ZSSR with the ground-truth kernel(s) and mask: the upper bound
 
 Every (image, method, seed) is one row of OUT/runs.csv, written as soon as it is measured; the
@@ -40,11 +41,11 @@ from mkgan_engine.imageio import read_image, write_bytes_atomic
 from mkgan_engine.metrics import score
 from mkgan_engine.pipeline import Engine, Result
 from mkgan_engine.regions import RegionInfo, RegionMap
-from mkgan_engine.train.config import KERNEL_MODELS, KernelGANConfig, ZSSRConfig
+from mkgan_engine.train.config import KERNEL_ESTIMATORS, KERNEL_MODELS, KernelGANConfig, ZSSRConfig
 from mkgan_engine.train.degradation import resize_bicubic
 from mkgan_engine.train.kernel import kernel_error, load_kernel
 
-ALL_METHODS = ("bicubic", "zssr-bicubic", "kernelgan", "ours-fft", "ours-edges", "ours-gradient", "ours-gtmask", "gt-kernels")
+ALL_METHODS = ("bicubic", "zssr-bicubic", "kernelgan", "kenet", "ours-fft", "ours-edges", "ours-gradient", "ours-gtmask", "gt-kernels")
 
 
 def bicubic_kernel_x2(size: int = 13) -> np.ndarray:
@@ -87,10 +88,11 @@ def run_method(method: str, sample: Sample, base: EngineConfig, seed: int) -> tu
     if method == "bicubic":
         x = torch.from_numpy(np.ascontiguousarray(sample.lr.transpose(2, 0, 1)))[None]
         return np.clip(resize_bicubic(x, float(base.scale))[0].numpy().transpose(1, 2, 0), 0, 1), None
-    masker = {"kernelgan": "none", "ours-gtmask": "none", "zssr-bicubic": "none", "gt-kernels": "none"}.get(
+    masker = {"kernelgan": "none", "kenet": "none", "ours-gtmask": "none", "zssr-bicubic": "none", "gt-kernels": "none"}.get(
         method, method.removeprefix("ours-"))
-    config = EngineConfig(scale=base.scale, preset=base.preset, device=base.device, seed=seed,
-                          masker=MaskerConfig(name=masker), kernelgan=base.kernelgan, zssr=base.zssr)  # type: ignore[arg-type]
+    estimator = method if method in ("kernelgan", "kenet") else base.kernel_estimator
+    config = EngineConfig(scale=base.scale, preset=base.preset, device=base.device, seed=seed, kernel_estimator=estimator,  # type: ignore[arg-type]
+                          masker=MaskerConfig(name=masker), kenet=base.kenet, kernelgan=base.kernelgan, zssr=base.zssr)  # type: ignore[arg-type]
     engine = Engine(config)
     if method == "zssr-bicubic":
         result = engine.run(sample.lr, region_map=RegionMap.single(sample.lr.shape[:2], "none"), kernels=[bicubic_kernel_x2()])
@@ -222,6 +224,7 @@ def run_settings(args: argparse.Namespace, base: EngineConfig, meta: dict) -> di
     """What a row's numbers depend on besides (image, method, seed): rows measured under other
     settings must not be mixed into one table."""
     settings = {"data": str(args.data.resolve()), "data_seed": meta["seed"], "preset": args.preset,
+                "kernel_estimator": base.kernel_estimator, "kenet": dataclasses.asdict(base.kenet),
                 "kernelgan": dataclasses.asdict(base.kernelgan), "zssr": dataclasses.asdict(base.zssr)}
     return json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
 
@@ -302,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", choices=["fast", "paper"], default="fast")
     parser.add_argument("--kernel-model", choices=KERNEL_MODELS, default="deep-linear")
+    parser.add_argument("--kernel-estimator", choices=KERNEL_ESTIMATORS, default="kenet", help="for the ours-* methods")
     add_kernelgan_option(parser)
     add_override_option(parser, "zssr", "region_share=0.5")
     parser.add_argument("--device", default="auto")
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     names = sorted(meta["images"])[: args.limit or None]
     methods = [m for m in args.methods.split(",") if not (m == "ours-gtmask" and protocol == "U")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    base = EngineConfig(scale=scale, preset=args.preset, device=args.device)  # type: ignore[arg-type]
+    base = EngineConfig(scale=scale, preset=args.preset, device=args.device, kernel_estimator=args.kernel_estimator)  # type: ignore[arg-type]
     base.kernelgan = override_config(base.kernelgan.with_(kernel_model=args.kernel_model), args.kernelgan)
     base.zssr = override_config(base.zssr, args.zssr)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -349,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     on_gpu = torch.cuda.is_available() and base.device != "cpu"
     machine = f"{platform.machine()}, " + (torch.cuda.get_device_name(0) if on_gpu else f"CPU ({os.cpu_count()} cores)")
     overrides = f" ({', '.join(args.kernelgan + args.zssr)})" if args.kernelgan or args.zssr else ""
-    header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, {args.kernel_model} kernel model{overrides}, "
+    header = (f"### Protocol {protocol}, x{scale}, {args.preset} preset, ours-* with {args.kernel_estimator}, "
+              f"{args.kernel_model} kernel model{overrides}, "
               f"{len(names)} images x {len(seeds)} seeds "
               f"(seeds {args.seeds}; data seed {meta['seed']})\n\nMachine: {machine}; torch {torch.__version__}; "
               f"runs took {sum(r['wall_s'] for r in rows) / 60:.1f} min in all. "

@@ -1,7 +1,8 @@
-"""mkgan_engine: blind super-resolution with Multi-KernelGAN.
+"""mkgan_engine: blind super-resolution for photos whose blur varies.
 
-An image is split into regions (a masker), one SR kernel is estimated per region (KernelGAN),
-each region is super-resolved with its kernel (ZSSR) and the regions are merged seamlessly.
+An image is split into regions (a masker), one SR kernel is estimated per region (KENet, the
+learned estimator shipped with the package, or KernelGAN), each region is super-resolved with its
+kernel (ZSSR) and the regions are merged seamlessly.
 
 Heavy modules (torch, ultralytics, segment_anything, onnxruntime, tensorrt) are imported lazily,
 so ``import mkgan_engine`` stays fast. The public names below resolve on first use.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY: dict[str, str] = {
     "Engine": "mkgan_engine.pipeline",

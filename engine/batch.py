@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import logging
 import queue
+import re
 import threading
 import time
 import traceback
@@ -18,10 +19,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkgan_engine.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+from mkgan_engine.imageio import READ_SUFFIXES, ImageReadError, read_image
 from mkgan_engine.pipeline import Engine, InputError, Result, _model_timings
 
 log = logging.getLogger(__name__)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler, ``docker stop``, ``timeout``), raised by the CLI's signal handler and
+    handled like Ctrl-C. A BaseException, like KeyboardInterrupt, so the per-image error handling
+    (one bad image never stops the batch) lets it through."""
 
 
 @dataclass(frozen=True)
@@ -32,26 +39,50 @@ class InputFile:
     relative_dir: Path = Path()
 
 
-def collect_inputs(arguments: Sequence[str | Path], recursive: bool = False) -> tuple[list[InputFile], list[Path]]:
+_OWN_OUTPUT = re.compile(r".+(_mask|_preview)\.png|.+_kernel_\d+(_x4)?\.mat|.+_kernels\.npz|report\.(json|csv)")
+
+
+def is_own_output(path: Path, sr_suffix: str | None) -> bool:
+    """Whether a file's name is one this tool writes (``<stem><sr_suffix>.*``, ``<stem>_mask.png``,
+    ``<stem>_preview.png``, kernels, reports): such files are never taken as inputs from a folder."""
+    return bool(_OWN_OUTPUT.fullmatch(path.name)) or (bool(sr_suffix) and path.stem.endswith(sr_suffix))
+
+
+def collect_inputs(
+    arguments: Sequence[str | Path], recursive: bool = False, sr_suffix: str | None = None
+) -> tuple[list[InputFile], list[tuple[Path, str]]]:
     """Expand files, directories and globs into image inputs.
 
-    Returns (images, ignored): files in a directory whose suffix is not an image's are ignored
-    (listed, not failed); a file named explicitly is always an input (so a bad one fails loudly).
-    Raises FileNotFoundError for an argument that matches nothing.
+    Returns (images, ignored as (path, reason)): files in a directory (or matched by a glob) whose
+    suffix is not an image's, or whose name is one of this tool's outputs (see :func:`is_own_output`;
+    ``sr_suffix`` is the SR file's suffix, e.g. "_x2"), are ignored - listed, not failed; a file
+    named explicitly is always an input (so a bad one fails loudly). Raises FileNotFoundError for
+    an argument that matches nothing.
     """
     images: list[InputFile] = []
-    ignored: list[Path] = []
+    ignored: list[tuple[Path, str]] = []
+
+    def add(f: Path, relative_dir: Path = Path()) -> None:
+        if is_own_output(f, sr_suffix):
+            ignored.append((f, "an output of mkgan-engine"))
+        elif f.suffix.lower() not in READ_SUFFIXES:
+            ignored.append((f, "not an image file"))
+        else:
+            images.append(InputFile(f, relative_dir))
+
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            for f in sorted(p for p in path.glob(pattern) if p.is_file()):
+            for f in sorted(path.glob(pattern)):
                 if f.name.startswith("."):
                     continue
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    images.append(InputFile(f, f.parent.relative_to(path)))
-                else:
-                    ignored.append(f)
+                if f.is_file():
+                    add(f, f.parent.relative_to(path))
+                elif f.is_symlink() and not f.exists():
+                    ignored.append((f, "broken symbolic link"))
+                elif f.is_dir() and not recursive:
+                    ignored.append((f, "a folder (use --recursive to include it)"))
         elif path.is_file():
             images.append(InputFile(path))
         else:
@@ -59,16 +90,60 @@ def collect_inputs(arguments: Sequence[str | Path], recursive: bool = False) -> 
             files = [m for m in matches if m.is_file()]
             if not files:
                 raise FileNotFoundError(f"no such file, directory or glob match: {argument}")
-            images.extend(InputFile(m) for m in files if m.suffix.lower() in IMAGE_SUFFIXES)
-            ignored.extend(m for m in files if m.suffix.lower() not in IMAGE_SUFFIXES)
+            for f in files:
+                add(f)
     return images, ignored
+
+
+def output_conflicts(items: Sequence[InputFile], out_dir: Path, config) -> list[str]:
+    """Why this batch would destroy data, one message per problem: an SR output path that is an
+    input's own path, or two inputs whose outputs are the same files."""
+    from mkgan_engine.outputs import output_paths
+
+    problems, owner = [], {}
+    inputs = {item.path.resolve(): item.path for item in items}
+    for item in items:
+        sr = output_paths(item.path, out_dir, config, item.relative_dir).sr
+        key = sr.resolve()
+        if key in inputs:
+            problems.append(f"the output {sr} would overwrite the input {inputs[key]}")
+        stem_key = key.with_name(item.path.stem)  # kernels, masks and previews share the stem
+        if stem_key in owner and owner[stem_key] != item.path:
+            problems.append(f"{owner[stem_key]} and {item.path} would write the same outputs ({sr.name}, ...)")
+        owner.setdefault(stem_key, item.path)
+    return problems
+
+
+# Rough CPU cost (2 cores) of the fast preset, fitted to the README demo and the medium tier:
+# seconds = fixed + per_lr_pixel * H * W per region, two regions assumed. A guide for --dry-run only.
+_FAST_SECONDS_FIXED, _FAST_SECONDS_PER_PIXEL = 12.0, 6e-4
+_PAPER_FACTOR = 9.0  # paper preset: ~3000 instead of 320 ZSSR iterations
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header (Pillow, no decode), or None when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception:  # noqa: BLE001 - any failure means "not readable"
+        return None
+
+
+def estimate_seconds(size: tuple[int, int], config) -> float:
+    """Rough seconds to process an LR image of ``size`` (H, W) on this project's 2-core CPU."""
+    per_region = _FAST_SECONDS_FIXED + _FAST_SECONDS_PER_PIXEL * size[0] * size[1] * config.scale**2 / 4
+    if config.kernel_estimator != "kenet":
+        per_region += 25.0 * (config.kernelgan.iterations / 600)  # KernelGAN: ~20-45 s at the fast preset
+    return 2 * per_region * (_PAPER_FACTOR if config.preset == "paper" else 1.0)
 
 
 def _find_ground_truth(gt_dir: Path | None, stem: str) -> Path | None:
     if gt_dir is None:
         return None
     for candidate in sorted(gt_dir.glob(f"{glob.escape(stem)}.*")):
-        if candidate.suffix.lower() in IMAGE_SUFFIXES:
+        if candidate.suffix.lower() in READ_SUFFIXES:
             return candidate
     return None
 
@@ -110,6 +185,11 @@ def run_batch(
             loaded = read_image(item.path)
             timings["read"] = time.perf_counter() - start
             engine.check_size(loaded.rgb)
+            if loaded.alpha is not None and out_dir is not None:
+                sr_path = output_paths(item.path, out_dir, config, item.relative_dir).sr
+                if sr_path.suffix in (".jpg", ".jpeg"):
+                    return _failure(item, f"the input has an alpha channel, which {sr_path.name} (JPEG) cannot hold: "
+                                          "use --ext png or --ext same")
             start = time.perf_counter()
             region_map = engine.mask(loaded.rgb, item.path.stem)
             timings["mask"] = time.perf_counter() - start
@@ -154,7 +234,7 @@ def run_batch(
         if pending is not None:
             last, pending = pending, None
             yield _settle(*last)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         # Report what finished before the interrupt, then let it propagate.
         if pending is not None:
             last, pending = pending, None

@@ -5,6 +5,7 @@ so ``--help`` is instant."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,16 +14,23 @@ import typer
 
 from mkgan_engine import __version__
 from mkgan_engine.config import BACKEND_NAMES, MASKER_NAMES
-from mkgan_engine.train.config import KERNEL_MODELS
+from mkgan_engine.train.config import KERNEL_ESTIMATORS, KERNEL_MODELS
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode=None,
-    help="Blind super-resolution with Multi-KernelGAN: one KernelGAN kernel per image region, ZSSR per region, seamless merge.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Blind super-resolution for photos whose blur varies: one kernel per image region (KENet or KernelGAN), ZSSR per region, seamless merge.",
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+def _raise_terminated(signum, frame) -> None:
+    from mkgan_engine.batch import Terminated
+
+    raise Terminated()
 
 
 def _version(value: bool) -> None:
@@ -35,7 +43,7 @@ def _version(value: bool) -> None:
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    """Blind super-resolution with Multi-KernelGAN."""
+    """Blind super-resolution for photos whose blur varies."""
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -54,8 +62,11 @@ def _csv_set(value: str, allowed: tuple[str, ...], option: str) -> tuple[str, ..
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     from rich.logging import RichHandler
 
+    from rich.console import Console
+
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=False)], force=True)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)  # logs to stderr
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     if not verbose:
         logging.getLogger("mkgan_engine").setLevel(logging.ERROR if quiet else logging.INFO)
 
@@ -70,11 +81,12 @@ def sr(
     inputs: list[str] = typer.Argument(..., help="Image files, directories or globs."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
     scale: int = typer.Option(2, "--scale", "-s", help="Upscaling factor: 2 or 4."),
-    masker: str = typer.Option("auto", help=f"Region masker: {'|'.join(MASKER_NAMES)} (auto: yolo-sam with weights, else fft)."),
+    masker: str = typer.Option("auto", help=f"Region masker: {'|'.join(MASKER_NAMES)} (auto: yolo-sam with both weights, else none = one kernel)."),
     mask_dir: Optional[Path] = typer.Option(None, help="User masks <stem>.png (>0 = object, or a label map); bypass the masker."),
     preset: str = typer.Option("fast", help="Training preset: fast (CPU-friendly) or paper (reference settings)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, help="Base random seed (each region derives its own)."),
+    kernel_estimator: str = typer.Option("kenet", help="Kernel per region: kenet (learned, shipped; default), kernelgan (internal GAN) or hybrid (KernelGAN gaussian model started from KENet)."),
     kernel_model: str = typer.Option("deep-linear", help="KernelGAN generator: deep-linear (reference) or gaussian (3-parameter kernel prior)."),
     kernelgan_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's KernelGAN iterations."),
     zssr_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's ZSSR iterations."),
@@ -90,19 +102,21 @@ def sr(
     engines: Optional[Path] = typer.Option(None, help="Directory written by `mkgan-engine export` (non-torch backends)."),
     save: str = typer.Option("kernels,masks", help="Extra outputs: any of kernels,masks,previews (or 'none')."),
     report: str = typer.Option("json,csv", help="Report formats: json,csv (or 'none')."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the exit code."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be processed or skipped, and why, with a rough time per image; write nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors (every failed image, on stderr) and the exit code."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Super-resolve images: mask regions, estimate one kernel per region, ZSSR per region, merge.
 
     Exit code 0 when every image succeeded (or was skipped), 1 when any failed, 2 for usage errors,
-    130 when interrupted (the report of what finished is still written).
+    130 when interrupted by Ctrl-C, 143 by SIGTERM (the report of what finished is still written).
     """
     _setup_logging(quiet, verbose)
     if scale not in (2, 4):
         raise typer.BadParameter("must be 2 or 4", param_hint="--scale")
     _choice(masker, MASKER_NAMES, "--masker")
     _choice(preset, ("fast", "paper"), "--preset")
+    _choice(kernel_estimator, KERNEL_ESTIMATORS, "--kernel-estimator")
     _choice(kernel_model, KERNEL_MODELS, "--kernel-model")
     _choice(ext, ("png", "jpg", "same"), "--ext")
     _choice(sam_type, ("vit_b", "vit_l", "vit_h"), "--sam-type")
@@ -110,33 +124,52 @@ def sr(
     saves = () if save == "none" else _csv_set(save, ("kernels", "masks", "previews"), "--save")
     reports = () if report == "none" else _csv_set(report, ("json", "csv"), "--report")
 
-    from mkgan_engine.batch import collect_inputs, run_batch
+    from mkgan_engine.batch import Terminated, collect_inputs, output_conflicts, run_batch
     from mkgan_engine.config import EngineConfig, MaskerConfig, OutputConfig
     from mkgan_engine.pipeline import Engine
     from mkgan_engine.report import Report
 
+    if masker == "auto" and engines is None and (yolo_weights is None) != (sam_checkpoint is None):
+        given, missing = ("--yolo-weights", "--sam-checkpoint") if sam_checkpoint is None else ("--sam-checkpoint", "--yolo-weights")
+        raise _usage_error(f"{given} alone: --masker auto uses yolo-sam only with both weights; add {missing} "
+                           "or choose a masker with --masker")
     for option, path in (("--mask-dir", mask_dir), ("--gt-dir", gt_dir), ("--engines", engines)):
         if path is not None and not path.is_dir():
             raise _usage_error(f"{option} {path}: not a directory")
     try:
-        items, ignored = collect_inputs(inputs, recursive)
+        sr_suffix = suffix.format(scale=scale)
+    except (KeyError, IndexError, ValueError) as error:
+        raise _usage_error(f"--suffix {suffix!r}: only {{scale}} may be used ({type(error).__name__}: {error})")
+    try:
+        items, ignored = collect_inputs(inputs, recursive, sr_suffix=sr_suffix)
     except FileNotFoundError as error:
         raise _usage_error(str(error))
     try:
+        if dry_run:
+            raise _DryRun
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".mkgan-write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         raise _usage_error(f"cannot write to output directory {output}: {error.strerror or error}")
+    except _DryRun:
+        pass
 
     config = EngineConfig(
-        scale=scale, preset=preset, device=device, seed=seed,  # type: ignore[arg-type]
+        scale=scale, preset=preset, device=device, seed=seed, kernel_estimator=kernel_estimator,  # type: ignore[arg-type]
         masker=MaskerConfig(name=masker, backend=backend, yolo_weights=yolo_weights,  # type: ignore[arg-type]
                             sam_checkpoint=sam_checkpoint, sam_type=sam_type, engines_dir=engines, mask_dir=mask_dir),  # type: ignore[arg-type]
         output=OutputConfig(suffix=suffix, ext=ext, save_kernels="kernels" in saves, save_masks="masks" in saves,  # type: ignore[arg-type]
                             save_previews="previews" in saves, reports=reports, skip_existing=skip_existing),
     )
+    conflicts = output_conflicts(items, output, config)
+    if conflicts:
+        raise _usage_error("refusing to run, outputs would destroy data:\n  " + "\n  ".join(conflicts)
+                           + "\n(choose another -o, --suffix or --ext, or rename the inputs)")
+    if dry_run:
+        _print_dry_run(items, ignored, output, config)
+        raise typer.Exit(EXIT_OK)
     config.kernelgan = config.kernelgan.with_(kernel_model=kernel_model)
     if kernelgan_iters is not None:
         config.kernelgan = config.kernelgan.with_(iterations=kernelgan_iters)
@@ -147,30 +180,93 @@ def sr(
         engine = Engine(config, on_stage=progress.stage if progress else None)
         if config.masker.resolved_name() != "none" and items:
             engine.masker  # load weights / engines now: a missing file is a usage error, not N failures
+        if config.kernel_estimator != "kernelgan" and items:
+            engine.kenet_model  # the shipped KENet weights, sha256-checked
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         raise _usage_error(str(error))
 
     log = logging.getLogger("mkgan_engine")
     log.info("%d image(s), masker %s, scale x%d, preset %s, device %s", len(items), config.masker.resolved_name(), scale, preset, engine.device)
     run_report = Report(config)
-    for path in ignored:
-        run_report.add({"input": str(path), "status": "skipped", "error": "not an image file", "outputs": {}, "regions": [],
+    for path, reason in ignored:
+        run_report.add({"input": str(path), "status": "skipped", "error": reason, "outputs": {}, "regions": [],
                         "fallback_reason": None, "timings_s": {}, "metrics": None})
+    earlier = _earlier_records(output) if skip_existing else {}
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with progress or _NullContext():
             for result in run_batch(engine, items, out_dir=output, gt_dir=gt_dir):
-                run_report.add(result.report_entry())
+                run_report.add(_with_earlier_record(result.report_entry(), earlier))
                 if progress:
                     progress.done(result)
-    except KeyboardInterrupt:
+                elif result.status == "failed":  # --quiet: errors only, but every failed image
+                    typer.echo(f"failed  {Path(result.input or '?').name} ({result.error})", err=True)
+    except (KeyboardInterrupt, Terminated) as stop:
         run_report.interrupted = True
         run_report.write(output, reports)
         typer.secho(f"interrupted: report of the {len(run_report.entries)} finished input(s) written to {output}", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     written = run_report.write(output, reports)
     if not quiet:
         _print_summary(run_report, written)
     raise typer.Exit(EXIT_FAILED if run_report.counts().get("failed") else EXIT_OK)
+
+
+class _DryRun(Exception):
+    """--dry-run: skip creating the output directory."""
+
+
+def _print_dry_run(items, ignored, output: Path, config) -> None:
+    """What a run would do with each input, and a rough time (this machine's CPU, measured on the
+    README demo: see :func:`mkgan_engine.batch.estimate_seconds`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mkgan_engine.batch import estimate_seconds, image_size
+    from mkgan_engine.outputs import output_paths
+
+    table = Table(title="mkgan-engine sr --dry-run")
+    for column in ("input", "would", "size (px)", "est. time (s)", "why"):
+        table.add_column(column, overflow="fold")
+    total = 0.0
+    for item in items:
+        size = image_size(item.path)
+        if config.output.skip_existing and output_paths(item.path, output, config, item.relative_dir).sr.exists():
+            table.add_row(str(item.path), "skip", "", "", "output exists (--skip-existing)")
+        elif size is None:
+            table.add_row(str(item.path), "fail", "", "", "not a readable image")
+        else:
+            seconds = estimate_seconds(size, config)
+            total += seconds
+            table.add_row(str(item.path), "process", f"{size[1]}x{size[0]}", f"{seconds:.0f}", "")
+    for path, reason in ignored:
+        table.add_row(str(path), "skip", "", "", reason)
+    console = Console()
+    console.print(table)
+    console.print(f"{len(items)} input(s), {len(ignored)} ignored; about {total / 60:.1f} min in all on CPU "
+                  f"({config.preset} preset, {config.kernel_estimator}); nothing was written")
+
+
+def _earlier_records(output: Path) -> dict[str, dict]:
+    """The "ok" records of an earlier report.json in ``output`` by input path ({} if none or unreadable)."""
+    import json
+
+    try:
+        images = json.loads((output / "report.json").read_text())["images"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {e["input"]: e for e in images if isinstance(e, dict) and e.get("status") == "ok" and "input" in e}
+
+
+def _with_earlier_record(entry: dict, earlier: dict[str, dict]) -> dict:
+    """A --skip-existing record carries what the earlier run measured (kernels, metrics, outputs), so
+    the report of a resumed run describes the whole batch."""
+    before = earlier.get(entry["input"])
+    if entry["status"] != "skipped" or before is None:
+        return entry
+    return {**before, "status": "skipped", "error": f"{entry['error']}; record of the earlier run"}
 
 
 class _NullContext:
@@ -185,10 +281,11 @@ class _Progress:
     """A rich progress bar over images, showing the current image and stage."""
 
     def __init__(self, total: int):
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), transient=False)
+                                 TimeElapsedColumn(), transient=False, console=Console(stderr=True))
         self.task = self.progress.add_task("starting", total=total)
         self.current = ""
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mkgan_engine.train.config import KernelGANConfig, Preset, ZSSRConfig
+from mkgan_engine.train.config import KERNEL_ESTIMATORS, KENetEstimatorConfig, KernelEstimator, KernelGANConfig, Preset, ZSSRConfig
 
 MaskerName = Literal["auto", "yolo-sam", "sam", "fft", "edges", "gradient", "none"]
 BackendName = Literal["torch", "onnxruntime", "tensorrt", "aoti"]
@@ -20,7 +20,9 @@ BACKEND_NAMES: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt", "aoti")
 class MaskerConfig:
     """How an image is split into regions.
 
-    name "auto" means yolo-sam when YOLO and SAM weights (or exported engines) are given, else fft.
+    name "auto" means yolo-sam when YOLO and SAM weights (or exported engines) are given, else
+    "none" (one kernel for the whole image: with KENet it never scored below ZSSR with the bicubic
+    kernel on the benchmark images, where the texture-based "fft" masker did once; see README).
     backend: which runtime runs YOLO/SAM (torch loads the user's .pt/.pth; the others load the files
     written by ``mkgan-engine export`` from ``engines_dir``). mask_dir: user masks (same stem as the
     image, single-channel PNG, >0 = object or a label map) that bypass the masker.
@@ -45,7 +47,7 @@ class MaskerConfig:
         if self.name != "auto":
             return self.name
         has_models = (self.yolo_weights and self.sam_checkpoint) or self.engines_dir
-        return "yolo-sam" if has_models else "fft"
+        return "yolo-sam" if has_models else "none"
 
 
 @dataclass
@@ -69,7 +71,10 @@ class EngineConfig:
     """Everything the engine needs. ``kernelgan``/``zssr`` default to the ``preset``'s settings.
 
     scale: 2 or 4 (x4 = analytic kernel, gradual ZSSR x2 then x4); device: "auto", "cpu", "cuda",
-    "cuda:1"...; seed: base seed (each region/member derives its own).
+    "cuda:1"...; seed: base seed (each region/member derives its own); kernel_estimator: how each
+    region's kernel is found - "kenet" (the learned estimator shipped with the package, one forward
+    pass per window), "kernelgan" (the internal GAN, ``kernelgan`` settings) or "hybrid" (KernelGAN's
+    gaussian kernel model started from the KENet kernel); kenet: KENet's window settings.
     """
 
     scale: int = 2
@@ -78,12 +83,16 @@ class EngineConfig:
     seed: int = 0
     masker: MaskerConfig = field(default_factory=MaskerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    kernel_estimator: KernelEstimator = "kenet"
+    kenet: KENetEstimatorConfig = field(default_factory=KENetEstimatorConfig)
     kernelgan: KernelGANConfig | None = None
     zssr: ZSSRConfig | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in (2, 4):
             raise ValueError(f"scale must be 2 or 4, got {self.scale}")
+        if self.kernel_estimator not in KERNEL_ESTIMATORS:
+            raise ValueError(f"kernel_estimator must be one of {', '.join(KERNEL_ESTIMATORS)}, got {self.kernel_estimator!r}")
         if self.kernelgan is None:
             self.kernelgan = KernelGANConfig.preset(self.preset)
         if self.zssr is None:

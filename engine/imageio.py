@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})  # read and written
+READ_SUFFIXES = IMAGE_SUFFIXES | {".gif"}  # read only (a GIF's output is a PNG)
 
 # EXIF orientation -> numpy ops that undo it (rotate counter-clockwise by k*90 after optional flip).
 _EXIF_ORIENTATION = {2: (True, 0), 3: (False, 2), 4: (True, 2), 5: (True, 1), 6: (False, 3), 7: (True, 3), 8: (False, 1)}
@@ -50,6 +51,29 @@ def _exif_orientation(path: Path) -> int:
         return 1
 
 
+def _check_complete(path: Path) -> None:
+    """Raise :class:`ImageReadError` for a truncated or damaged JPEG/PNG. OpenCV decodes those with
+    only a library warning on stderr (a grey or partial picture); Pillow, with truncated images not
+    allowed (its default), refuses them. Other formats are left to OpenCV."""
+    if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+    except UnidentifiedImageError:
+        return  # not what its suffix says: OpenCV decides
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path}: not a readable image (truncated or damaged file: {error})") from None
+    except Exception:  # noqa: BLE001 - e.g. a third-party patch of Image.open failing: OpenCV decides
+        return
+    with image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageReadError(f"{path}: not a readable image (truncated or damaged file: {error})") from None
+
+
 def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     """Decode an image file; raises :class:`ImageReadError` with the reason when it cannot."""
     path = Path(path)
@@ -57,6 +81,7 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise ImageReadError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: empty file")
+    _check_complete(path)
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
         raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
@@ -121,11 +146,17 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, jpeg_quality: i
     write_bytes_atomic(path, encoded.tobytes())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to ``.<name>.tmp`` in the same directory, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a uniquely named temporary file next to ``path`` (``.<name>.<random>.tmp``),
+    fsync, then rename it over ``path``: readers see the old file or the new one, never a torn one,
+    concurrent writers never share a temporary file, and a failure (full disk) leaves nothing behind."""
+    import secrets
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as the umask says, like open()
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

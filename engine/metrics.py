@@ -20,8 +20,7 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
 
 def _prepare(a: np.ndarray, b: np.ndarray, shave: int, y: bool) -> tuple[np.ndarray, np.ndarray]:
     if a.shape[:2] != b.shape[:2]:
-        h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
-        a, b = a[:h, :w], b[:h, :w]
+        raise ValueError(f"images of different sizes cannot be compared: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]} px")
     if y:
         a, b = rgb_to_y(a), rgb_to_y(b)
     if shave:

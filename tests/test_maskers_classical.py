@@ -73,7 +73,7 @@ def test_registry_builds_the_classical_maskers(load_photo):
         assert isinstance(masker, cls) and masker.name == name
         rmap = masker(image)
         assert isinstance(rmap, RegionMap) and rmap.shape == image.shape[:2]
-    assert isinstance(build_masker(MaskerConfig()), FFTMasker)  # "auto" without weights
+    assert isinstance(build_masker(MaskerConfig()), WholeImageMasker)  # "auto" without weights: one kernel
 
 
 def test_whole_image_masker_is_one_region(load_photo):

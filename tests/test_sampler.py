@@ -21,7 +21,7 @@ def _draw(image: np.ndarray, mask: np.ndarray, crop_map: sampler.CropMap, n: int
     """n crops of the image and of the mask from one map -> (mask crops (n, cs, cs), centres (n, 2))."""
     stacked = torch.from_numpy(np.concatenate([image, mask[..., None]], axis=2).transpose(2, 0, 1)[None].copy())
     cdf = sampler.build_cdfs([crop_map.prob])
-    uniforms = rng.uniform(torch.tensor([seed]), rng.STREAM_CROPS_G, 0, (n,))
+    uniforms = rng.uniform(torch.tensor([seed]), rng.Stream.CROPS_G, 0, (n,))
     crops, centres = gather_crops(stacked.float(), cdf, uniforms, crop_map.crop_size)
     return crops[0, :, -1].numpy(), centres[0].numpy()
 

@@ -5,7 +5,7 @@ Reference settings are from the KernelGAN and ZSSR papers (see README, "Algorith
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 Preset = Literal["fast", "paper"]
@@ -129,13 +129,32 @@ class ZSSRConfig:
         return replace(self, **changes)
 
 
+KernelEstimator = Literal["kernelgan", "kenet", "hybrid"]
+KERNEL_ESTIMATORS: tuple[str, ...] = get_args(KernelEstimator)
+Combine = Literal["mean", "median"]
+
+
 @dataclass(frozen=True)
-class TrainConfig:
-    """Both stages' settings for one preset."""
+class KENetEstimatorConfig:
+    """How KENet estimates a region's kernel from windows (see :mod:`kenet`). Sizes in LR pixels.
 
-    kernelgan: KernelGANConfig = field(default_factory=KernelGANConfig)
-    zssr: ZSSRConfig = field(default_factory=ZSSRConfig)
+    stride: spacing of the window grid; windows are centred where the crop-inside-region rule of the
+    KernelGAN sampler (:func:`sampler.allowed_centres`) allows a window; min_window_std: windows whose
+    luma standard deviation is below this are flat (no blur information) and skipped, unless the
+    region has nothing else; max_windows: the most textured ones are kept; dihedral: also average over
+    the 8 flips/rotations of every window (the kernel transformed back; 8x the work, and no better in
+    ``kernel-recovery``, so off by default); combine: how the windows'
+    second moments (var_x, var_y from upright windows, cov_xy from windows rotated by 45 degrees)
+    become the region's: "mean" or "median" (the kernel is the Gaussian with those moments);
+    weights: a KENet weights file (default: the one shipped in the package).
+    """
 
-    @classmethod
-    def preset(cls, name: Preset) -> "TrainConfig":
-        return cls(KernelGANConfig.preset(name), ZSSRConfig.preset(name))
+    stride: int = 32
+    min_window_std: float = 0.03
+    max_windows: int = 64
+    dihedral: bool = False
+    combine: Combine = "mean"
+    weights: str | None = None
+
+    def with_(self, **changes: object) -> "KENetEstimatorConfig":
+        return replace(self, **changes)

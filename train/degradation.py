@@ -58,13 +58,18 @@ def random_kernel(
     scale: int = 2,
     lambda_range: tuple[float, float] = (0.35, 5.0),
     tap_noise: float = 0.4,
+    sigma_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """DIV2KRK-style random kernel: anisotropic Gaussian with lambda_1,2 ~ U(lambda_range), theta ~
     U(0, pi), multiplicative tap noise (1 + U(-tap_noise, tap_noise)), re-centred, normalised.
-    Returns the kernel and its parameters."""
+    ``sigma_range`` (px) instead draws the two standard deviations uniformly (lambda = sigma^2), which
+    gives sharp kernels their share. Returns the kernel and its parameters."""
     from .kernel import shift_to_center
 
-    l1, l2 = rng.uniform(*lambda_range, size=2)
+    if sigma_range is not None:
+        l1, l2 = rng.uniform(*sigma_range, size=2) ** 2
+    else:
+        l1, l2 = rng.uniform(*lambda_range, size=2)
     theta = rng.uniform(0, math.pi)
     k = anisotropic_gaussian(size, l1, l2, theta, scale)
     k = k * (1.0 + rng.uniform(-tap_noise, tap_noise, size=k.shape))
@@ -83,3 +88,25 @@ def upsample_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of (N, C, h, w) to exactly ``size`` (pixel-centre aligned, like the LR grid of
     an sf-aligned kernel); no antialiasing (for upsampling)."""
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False)
+
+
+def noise_and_jpeg(
+    image: np.ndarray, rng: np.random.Generator, noise_std: float = 0.0, jpeg_quality: int | None = None
+) -> np.ndarray:
+    """A camera's last steps: add Gaussian noise (std in [0, 1] units), quantise to 8 bits and, when
+    ``jpeg_quality`` is given, JPEG-compress at that quality (OpenCV, 4:2:0 for colour).
+    image: float HxW or HxWx3 RGB in [0, 1]; returns float32 of the same shape in [0, 1]."""
+    import cv2
+
+    out = np.asarray(image, np.float64)
+    if noise_std > 0:
+        out = out + rng.normal(0.0, noise_std, size=out.shape)
+    pixels = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+    if jpeg_quality is not None:
+        bgr = pixels[..., ::-1] if pixels.ndim == 3 else pixels
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        if not ok:
+            raise RuntimeError("OpenCV could not JPEG-encode the image")
+        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        pixels = decoded[..., ::-1] if decoded.ndim == 3 else decoded
+    return pixels.astype(np.float32) / 255.0

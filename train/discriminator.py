@@ -41,7 +41,7 @@ def init_member_params(
     params: "w0" (C, in, k, k), "b0" (C,), "w1".."w{middle}" (C, C, 1, 1), "gamma"/"beta" (middle, C),
     "wl" (1, C, 1, 1), "bl" (1,). vectors: "u0".."u{middle}" (C,), "ul" (1,), unit length.
     """
-    gen = rng.member_generator(seed, rng.STREAM_INIT + 100)
+    gen = rng.member_generator(seed, rng.Stream.D_INIT)
     p = {"w0": _xavier_normal((channels, in_channels, kernel_size, kernel_size), gain, gen), "b0": torch.zeros(channels)}
     for i in range(1, middle + 1):
         p[f"w{i}"] = _xavier_normal((channels, channels, 1, 1), gain, gen)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,7 +48,7 @@ def init_member_weights(
     reference init: small weights, so Adam's fixed-size steps move the kernel quickly), drawn on the
     CPU from the member's counter-based generator (so every device and batch composition gets the
     same numbers)."""
-    gen = rng.member_generator(seed, rng.STREAM_INIT)
+    gen = rng.member_generator(seed, rng.Stream.INIT)
     weights = []
     n = len(kernel_sizes)
     for i, k in enumerate(kernel_sizes):
@@ -216,7 +217,7 @@ class GaussianGenerator:
         log_excess = math.log(sigma - min_sigma)
         rows = []
         for s in seeds:
-            gen = rng.member_generator(s, rng.STREAM_INIT)
+            gen = rng.member_generator(s, rng.Stream.INIT)
             jitter, angle = torch.randn(2, generator=gen), torch.rand(1, generator=gen)
             rows.append(torch.stack((log_excess + 0.05 * jitter[0], log_excess + 0.05 * jitter[1], math.pi * angle[0])))
         return cls(torch.stack(rows).to(device).requires_grad_(True), size, min_sigma)
@@ -255,6 +256,16 @@ class GaussianGenerator:
         """Overwrite one member's parameters with a fresh initialisation from ``seed``."""
         fresh = GaussianGenerator.create([seed], self.kernel_size, self.min_sigma)
         self.flat[member] = fresh.flat[0].detach().to(self.flat)
+
+    @torch.no_grad()
+    def start_member_from(self, member: int, kernel: np.ndarray) -> None:
+        """Start one member at the Gaussian with a given kernel's second moments (sigmas floored just
+        above ``min_sigma``): the ``hybrid`` estimator's KENet start."""
+        from .kernel import kernel_moments
+
+        major, minor, theta = kernel_moments(kernel)
+        excess = [max(s - self.min_sigma, 0.02) for s in (major, minor)]
+        self.flat[member] = torch.tensor([math.log(excess[0]), math.log(excess[1]), theta]).to(self.flat)
 
 
 def create_generator(

@@ -8,6 +8,7 @@ the centre of mass that keeps an s-times subsampled image aligned with the HR gr
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -65,16 +66,17 @@ def analytic_x4(kernel_x2: np.ndarray) -> np.ndarray:
 
 def save_kernel(path: str | os.PathLike[str], kernel: np.ndarray) -> None:
     """Write ``.mat`` (key ``Kernel``, read by ZSSR/SRMD/USRNet tools) or ``.npy`` by the suffix, atomically."""
+    from mkgan_engine.imageio import write_bytes_atomic
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     if path.suffix == ".mat":
-        scipy_io.savemat(tmp, {"Kernel": np.asarray(kernel, np.float64)})
+        scipy_io.savemat(buffer, {"Kernel": np.asarray(kernel, np.float64)})
     elif path.suffix == ".npy":
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(kernel, np.float32))
+        np.save(buffer, np.asarray(kernel, np.float32))
     else:
         raise ValueError(f"kernel files are .mat or .npy, got {path.name}")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_kernel(path: str | os.PathLike[str]) -> np.ndarray:

@@ -31,7 +31,7 @@ from . import losses, rng, sampler
 from .config import KernelGANConfig
 from .discriminator import BatchedDiscriminator
 from .generator import create_generator, output_size, receptive_field
-from .kernel import analytic_x4, finalize_kernel, kernel_moments, sf_center
+from .kernel import finalize_kernel, kernel_moments, sf_center
 from .masked_crop import gather_crops
 from .optim import BatchedAdam
 from .schedule import Schedule
@@ -71,16 +71,6 @@ class KernelEstimate:
     messages: list[str] = field(default_factory=list)
     history: dict[str, np.ndarray] = field(default_factory=dict)
     elapsed_s: float = 0.0
-
-    @property
-    def kernel_x4(self) -> np.ndarray:
-        """Analytic x4 kernel from the x2 kernel (25x25, sum 1)."""
-        return analytic_x4(self.kernel)
-
-
-def kernel_x4(kernel_x2: np.ndarray) -> np.ndarray:
-    """x4 kernel from an x2 kernel (k2 convolved with itself dilated by 2); see :func:`kernel.analytic_x4`."""
-    return analytic_x4(kernel_x2)
 
 
 def prepare_image(image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, list[str]]:
@@ -186,11 +176,11 @@ class _Batch:
         """One generator and one discriminator update for every member (no host synchronisation)."""
         c = self.config
         t = self.steps
-        u_g = rng.uniform(self.seeds, rng.STREAM_CROPS_G, t, (1,))
-        u_d = rng.uniform(self.seeds, rng.STREAM_CROPS_D, t, (1,))
+        u_g = rng.uniform(self.seeds, rng.Stream.CROPS_G, t, (1,))
+        u_d = rng.uniform(self.seeds, rng.Stream.CROPS_D, t, (1,))
         g_in = gather_crops(self.images, self.cdf_g, u_g, c.crop_size)[0][:, 0]  # (M, 3, 64, 64)
         real = gather_crops(self.images, self.cdf_d, u_d, self.d_crop)[0]  # (M, 1, 3, 26, 26)
-        noise = rng.normal(self.seeds, rng.STREAM_NOISE_D, t, (2, 1, 3, self.d_crop, self.d_crop)).to(real) * c.d_input_noise_std
+        noise = rng.normal(self.seeds, rng.Stream.NOISE_D, t, (2, 1, 3, self.d_crop, self.d_crop)).to(real) * c.d_input_noise_std
 
         # Generator step (D's weights are constants here).
         kernel = self.g.kernel()
@@ -272,6 +262,7 @@ def estimate_kernels(
     device: str | torch.device | None = None,
     check_every: int = DEFAULT_CHECK_EVERY,
     dtype: torch.dtype = torch.float32,
+    start_kernels: Sequence[np.ndarray] | None = None,
 ) -> list[KernelEstimate]:
     """Estimate one x2 kernel per member, training all members together.
 
@@ -280,7 +271,9 @@ def estimate_kernels(
     crops from, or None for the whole image; config: defaults to the ``paper`` preset; seeds: one int
     per member (default 0..M-1); device: where to train (default: a tensor image's device, else CPU);
     check_every: iterations between host-side checks (stability guard, loss-history samples);
-    dtype: training precision (float32; float64 for exact comparisons on the CPU).
+    dtype: training precision (float32; float64 for exact comparisons on the CPU); start_kernels:
+    per member a 13x13 kernel the ``gaussian`` kernel model starts from (its second moments; the
+    ``hybrid`` estimator passes KENet's kernels), else a random start.
     Raises ValueError for an image smaller than the crop (64 px) or an empty region.
     """
     t0 = time.perf_counter()
@@ -334,6 +327,11 @@ def estimate_kernels(
         [r.seed for r in records],
         config,
     )
+    if start_kernels is not None:
+        if config.kernel_model != "gaussian" or len(start_kernels) != n:
+            raise ValueError("start_kernels needs the gaussian kernel model and one kernel per member")
+        for i, kernel in enumerate(start_kernels):
+            batch.g.start_member_from(i, kernel)
     results: dict[int, KernelEstimate] = {}
     active = list(records)
     while active:

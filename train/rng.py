@@ -11,18 +11,31 @@ the multiplications, so no intermediate exceeds 2**48 and results are identical 
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import torch
 
 _MASK32 = 0xFFFFFFFF
 
-# Named streams keep independent uses apart (crops for G, crops for D, D input noise, ...).
-STREAM_INIT = 1
-STREAM_CROPS_G = 2
-STREAM_CROPS_D = 3
-STREAM_NOISE_D = 4
-STREAM_ZSSR_CROPS = 5
-STREAM_ZSSR_AUGMENT = 6
-STREAM_ZSSR_NOISE = 7
+
+
+class Stream(IntEnum):
+    """Every random stream of the trainers, in one place: independent uses never share numbers, and
+    the batched-equals-alone promise rests on these values (changing one changes every result)."""
+
+    INIT = 1  # generator initialisation (KernelGAN)
+    CROPS_G = 2
+    CROPS_D = 3
+    NOISE_D = 4
+    ZSSR_CROPS = 5
+    ZSSR_AUGMENT = 6
+    ZSSR_NOISE = 7
+    ZSSR_INIT = 8  # + ZSSR_STAGE_STRIDE * stage for the x4 second stage
+    ZSSR_REC = 9
+    D_INIT = 101  # discriminator initialisation
+
+
+ZSSR_STAGE_STRIDE = 16
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

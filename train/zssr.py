@@ -83,10 +83,9 @@ from .kernel import analytic_x4
 from .masked_crop import gather_crops
 from .zssr_data import build_father_canvas, dihedral_permutations, father_levels, make_sons, sample_fathers
 from .zssr_inference import back_project, region_box, upscale_member
-from .zssr_net import STREAM_ZSSR_INIT, MemberAdam, MemberConvNet, autocast_context
+from .zssr_net import MemberAdam, MemberConvNet, autocast_context
 
 # Stream used once per member to draw the fixed reconstruction-error crops.
-STREAM_ZSSR_REC = 9
 # Step counters of different stages of a gradual run never collide.
 _STAGE_STRIDE = 1 << 24
 
@@ -160,7 +159,7 @@ def train_members(
 
     if init is None:
         net = MemberConvNet.initialise(
-            seeds, canvas.images.shape[1], config.channels, config.depth, STREAM_ZSSR_INIT + 16 * stage, device
+            seeds, canvas.images.shape[1], config.channels, config.depth, rng.Stream.ZSSR_INIT + rng.ZSSR_STAGE_STRIDE * stage, device
         )
     else:
         net = MemberConvNet(
@@ -173,7 +172,7 @@ def train_members(
     # Fixed reconstruction-error crops: drawn once per member from its first-level region.
     rec_canvas = build_father_canvas(levels[:1], crop_size, config.region_min_inside)
     n_rec = max(1, config.rec_crops)
-    u = rng.uniform(seeds_all, STREAM_ZSSR_REC, step0, (n_rec,))
+    u = rng.uniform(seeds_all, rng.Stream.ZSSR_REC, step0, (n_rec,))
     rec_fathers, _ = gather_crops(rec_canvas.images, rec_canvas.cdf, u, cs)
     rec_sons = make_sons(rec_fathers, kernels, scale)
     shave = min(config.depth, cs // 4)
@@ -200,7 +199,7 @@ def train_members(
         noise = None
         if noise_std > 0:
             shape = (config.batch_size * c, math.ceil(cs / scale), math.ceil(cs / scale))
-            noise = noise_std * rng.normal(seeds_t, rng.STREAM_ZSSR_NOISE, key, shape)
+            noise = noise_std * rng.normal(seeds_t, rng.Stream.ZSSR_NOISE, key, shape)
         sons = make_sons(fathers, kernels, scale, noise)
         with autocast:
             out = net(sons)

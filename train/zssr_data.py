@@ -163,9 +163,9 @@ def sample_fathers(
     (M, B, 2) as (y, x). Pure function of (seed, step): no host sync."""
     m, c = canvas.images.shape[:2]
     cs = canvas.crop_size
-    u = rng.uniform(seeds, rng.STREAM_ZSSR_CROPS, step, (batch,))
+    u = rng.uniform(seeds, rng.Stream.ZSSR_CROPS, step, (batch,))
     crops, centres = gather_crops(canvas.images, canvas.cdf, u, cs)
-    a = rng.uniform(seeds, rng.STREAM_ZSSR_AUGMENT, step, (batch,))
+    a = rng.uniform(seeds, rng.Stream.ZSSR_AUGMENT, step, (batch,))
     t = (a * 8).long().clamp_max(7)
     idx = perms[t][:, :, None, :].expand(m, batch, c, cs * cs)
     fathers = crops.reshape(m, batch, c, cs * cs).gather(3, idx).reshape(m, batch, c, cs, cs)

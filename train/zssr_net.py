@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import ZSSRConfig
-from .rng import member_generator
+from .rng import Stream, member_generator
 
 # Stream for weight initialisation (one per stage of a gradual run, see zssr.py); kept apart from
 # the named streams in rng.py (1..7).
-STREAM_ZSSR_INIT = 8
 
 
 class MemberConvNet:
@@ -47,7 +46,7 @@ class MemberConvNet:
         in_channels: int,
         channels: int = 64,
         depth: int = 8,
-        stream: int = STREAM_ZSSR_INIT,
+        stream: int = Stream.ZSSR_INIT,
         device: torch.device | str = "cpu",
     ) -> "MemberConvNet":
         """He-normal hidden layers, a last layer scaled by 0.1 (the residual starts near the cubic
@@ -87,9 +86,6 @@ class MemberConvNet:
             [b.detach().index_select(0, idx).clone() for b in self.biases],
             self.grouped,
         )
-
-    def state(self) -> dict[str, list[torch.Tensor]]:
-        return {"weights": [w.detach().cpu() for w in self.weights], "biases": [b.detach().cpu() for b in self.biases]}
 
     # ----------------------------------------------------------------------------------------
     def residual(self, x: torch.Tensor) -> torch.Tensor:
