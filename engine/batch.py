@@ -114,9 +114,10 @@ def output_conflicts(items: Sequence[InputFile], out_dir: Path, config) -> list[
     return problems
 
 
-# Rough CPU cost (2 cores) of the fast preset, fitted to the README demo and the medium tier:
-# seconds = fixed + per_lr_pixel * H * W per region, two regions assumed. A guide for --dry-run only.
-_FAST_SECONDS_FIXED, _FAST_SECONDS_PER_PIXEL = 12.0, 6e-4
+# Rough CPU cost of the fast preset per region, fitted to the README demo (benchmarks/cli_transcript.txt:
+# 128-160 px LR, one region, 26-37 s with one torch thread): seconds = fixed + per LR pixel * H * W.
+# A guide for --dry-run only.
+_FAST_SECONDS_FIXED, _FAST_SECONDS_PER_PIXEL = 10.0, 1.0e-3
 _PAPER_FACTOR = 9.0  # paper preset: ~3000 instead of 320 ZSSR iterations
 
 
@@ -132,11 +133,13 @@ def image_size(path: Path) -> tuple[int, int] | None:
 
 
 def estimate_seconds(size: tuple[int, int], config) -> float:
-    """Rough seconds to process an LR image of ``size`` (H, W) on this project's 2-core CPU."""
+    """Rough seconds to process an LR image of ``size`` (H, W) on this project's 2-core CPU (one
+    region with the "none" masker, else two assumed)."""
     per_region = _FAST_SECONDS_FIXED + _FAST_SECONDS_PER_PIXEL * size[0] * size[1] * config.scale**2 / 4
     if config.kernel_estimator != "kenet":
         per_region += 25.0 * (config.kernelgan.iterations / 600)  # KernelGAN: ~20-45 s at the fast preset
-    return 2 * per_region * (_PAPER_FACTOR if config.preset == "paper" else 1.0)
+    regions = 1 if config.masker.resolved_name() == "none" and config.masker.mask_dir is None else 2
+    return regions * per_region * (_PAPER_FACTOR if config.preset == "paper" else 1.0)
 
 
 def _find_ground_truth(gt_dir: Path | None, stem: str) -> Path | None:

@@ -91,7 +91,8 @@ def sr(
     kernelgan_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's KernelGAN iterations."),
     zssr_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's ZSSR iterations."),
     suffix: str = typer.Option("_x{scale}", help="Output name suffix; {scale} is replaced."),
-    ext: str = typer.Option("png", help="Output format: png, jpg or same (as the input)."),
+    ext: str = typer.Option("png", help="Output format: png, jpg, webp, tif or same (as the input; GIF -> png)."),
+    jpeg_quality: int = typer.Option(95, min=1, max=100, help="Quality of jpg/webp SR images."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose SR output exists (resume)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-directories."),
     gt_dir: Optional[Path] = typer.Option(None, help="Ground-truth HR images (same stem): score PSNR/SSIM/MSE."),
@@ -118,7 +119,7 @@ def sr(
     _choice(preset, ("fast", "paper"), "--preset")
     _choice(kernel_estimator, KERNEL_ESTIMATORS, "--kernel-estimator")
     _choice(kernel_model, KERNEL_MODELS, "--kernel-model")
-    _choice(ext, ("png", "jpg", "same"), "--ext")
+    _choice(ext, ("png", "jpg", "webp", "tif", "same"), "--ext")
     _choice(sam_type, ("vit_b", "vit_l", "vit_h"), "--sam-type")
     _choice(backend, BACKEND_NAMES, "--backend")
     saves = () if save == "none" else _csv_set(save, ("kernels", "masks", "previews"), "--save")
@@ -160,7 +161,7 @@ def sr(
         scale=scale, preset=preset, device=device, seed=seed, kernel_estimator=kernel_estimator,  # type: ignore[arg-type]
         masker=MaskerConfig(name=masker, backend=backend, yolo_weights=yolo_weights,  # type: ignore[arg-type]
                             sam_checkpoint=sam_checkpoint, sam_type=sam_type, engines_dir=engines, mask_dir=mask_dir),  # type: ignore[arg-type]
-        output=OutputConfig(suffix=suffix, ext=ext, save_kernels="kernels" in saves, save_masks="masks" in saves,  # type: ignore[arg-type]
+        output=OutputConfig(suffix=suffix, ext=ext, jpeg_quality=jpeg_quality, save_kernels="kernels" in saves, save_masks="masks" in saves,  # type: ignore[arg-type]
                             save_previews="previews" in saves, reports=reports, skip_existing=skip_existing),
     )
     conflicts = output_conflicts(items, output, config)

@@ -54,11 +54,14 @@ class MaskerConfig:
 class OutputConfig:
     """What is written per image, next to ``<stem><suffix>.<ext>``.
 
-    suffix may contain ``{scale}``; ext "same" keeps the input's format.
+    suffix may contain ``{scale}``; ext "same" keeps the input's format (a GIF's becomes PNG);
+    jpeg_quality (1-100) applies to JPEG and WebP SR images. JPEG cannot hold alpha (such an image
+    fails instead of losing it); JPEG and WebP hold 8 bits (a 16-bit input is written in 8 bits).
     """
 
     suffix: str = "_x{scale}"
-    ext: Literal["png", "jpg", "same"] = "png"
+    ext: Literal["png", "jpg", "webp", "tif", "same"] = "png"
+    jpeg_quality: int = 95
     save_kernels: bool = True
     save_masks: bool = True
     save_previews: bool = False

@@ -132,11 +132,13 @@ def encode_like(rgb: np.ndarray, like: LoadedImage, alpha: np.ndarray | None = N
 
 
 def write_image(path: str | os.PathLike[str], array: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Write a uint8/uint16 array (grey, BGR or BGRA) atomically: temporary name, then rename."""
+    """Write a uint8/uint16 array (grey, BGR or BGRA) atomically: temporary name, then rename.
+    ``jpeg_quality`` (1-100) is the JPEG / WebP quality; both formats are written in 8 bits."""
     path = Path(path)
     suffix = path.suffix.lower()
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in (".jpg", ".jpeg") else []
-    if suffix in (".jpg", ".jpeg") and array.dtype == np.uint16:
+    quality_flag = {".jpg": cv2.IMWRITE_JPEG_QUALITY, ".jpeg": cv2.IMWRITE_JPEG_QUALITY, ".webp": cv2.IMWRITE_WEBP_QUALITY}
+    params = [quality_flag[suffix], int(jpeg_quality)] if suffix in quality_flag else []
+    if suffix in quality_flag and array.dtype == np.uint16:
         array = (array // 257).astype(np.uint8)
     if suffix in (".jpg", ".jpeg") and array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]

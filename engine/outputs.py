@@ -79,6 +79,6 @@ def write_result(result: Result, paths: OutputPaths, config: EngineConfig) -> di
 
         write_image(paths.preview, render_preview(result))
         written["preview"] = str(paths.preview)
-    write_image(paths.sr, encode_like(result.sr, result.image, result.alpha))
+    write_image(paths.sr, encode_like(result.sr, result.image, result.alpha), jpeg_quality=out.jpeg_quality)
     written["sr"] = str(paths.sr)
     return written

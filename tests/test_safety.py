@@ -231,3 +231,38 @@ def test_dry_run_lists_what_would_happen_and_writes_nothing(tmp_path):
     assert "p.png" in result.output and "process" in result.output and "80x80" in result.output
     assert "notes.txt" in result.output and "not an image file" in result.output
     assert not out.exists()
+
+
+def test_output_formats_keep_alpha_and_depth_and_honour_the_quality(tmp_path):
+    rgb = cv2.imread(str(SAMPLES / "set5_bird.png"))[:80, :80]
+    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]))
+    cv2.imwrite(str(tmp_path / "d.png"), rgb.astype(np.uint16) * 257)
+    assert invoke("sr", tmp_path / "a.png", "-o", tmp_path / "w", "--ext", "webp", *QUICK).exit_code == 0
+    assert cv2.imread(str(tmp_path / "w" / "a_x2.webp"), cv2.IMREAD_UNCHANGED).shape == (160, 160, 4)
+    assert invoke("sr", tmp_path / "d.png", "-o", tmp_path / "t", "--ext", "tif", *QUICK).exit_code == 0
+    assert cv2.imread(str(tmp_path / "t" / "d_x2.tif"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    sizes = []
+    for quality in ("30", "95"):
+        out = tmp_path / f"q{quality}"
+        assert invoke("sr", tmp_path / "d.png", "-o", out, "--ext", "jpg", "--jpeg-quality", quality, *QUICK).exit_code == 0
+        sizes.append((out / "d_x2.jpg").stat().st_size)
+    assert sizes[0] < 0.8 * sizes[1]
+
+
+def test_two_concurrent_runs_into_one_folder_neither_fail_nor_tear(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        _photo(inputs / f"p{i}.png", offset=8 * i)
+    args = [sys.executable, "-m", "mkgan_engine.cli", "sr", str(inputs), "-o", str(tmp_path / "out"), *QUICK]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+    single = subprocess.run(args[:-len(QUICK) - 2] + ["-o", str(tmp_path / "single"), *QUICK], env=env, capture_output=True)
+    assert single.returncode == 0
+    for i in range(2):
+        assert (tmp_path / "out" / f"p{i}_x2.png").read_bytes() == (tmp_path / "single" / f"p{i}_x2.png").read_bytes()
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["counts"]["ok"] == 2
