@@ -1,5 +1,6 @@
 """Streaming over many images: a bounded pipeline that reads and masks the next images while the
-current one trains, writes in the background, and never lets one bad image stop the batch.
+current one trains, writes each image's outputs (in a writer thread) before reporting it, and never
+lets one bad image stop the batch.
 
 Memory stays flat: at most ``prefetch`` decoded images wait, at most one write is in flight, and
 pixel arrays are dropped once written.
@@ -168,7 +169,8 @@ def run_batch(
     """Yield one Result per input, in order, as each finishes (written to ``out_dir`` when given).
 
     Stage 1 (thread): decode + mask the next ``prefetch`` images. Stage 2 (caller's thread):
-    KernelGAN + ZSSR. Stage 3 (thread): write outputs. A failure in any stage becomes a Result with
+    kernel estimation + ZSSR. Stage 3 (thread): write outputs; an image is yielded once its files
+    are written. A failure in any stage becomes a Result with
     status "failed" and the error; --skip-existing inputs become "skipped".
     """
     from mkgan_engine.outputs import output_paths, write_result
@@ -220,29 +222,16 @@ def run_batch(
     thread = threading.Thread(target=producer, name="mkgan-prefetch", daemon=True)
     thread.start()
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mkgan-writer")
-    pending: tuple[Result, Future | None] | None = None
     try:
         while True:
             item, prepared = ready.get()
             if prepared is _DONE:
                 break
             if isinstance(prepared, Result):
-                result = prepared
-                write = None
-            else:
-                result, write = _train_and_write(engine, item, prepared, out_dir, gt_dir, writer, output_paths, write_result)
-            if pending is not None:
-                yield _settle(*pending)
-            pending = (result, write)
-        if pending is not None:
-            last, pending = pending, None
-            yield _settle(*last)
-    except (KeyboardInterrupt, Terminated):
-        # Report what finished before the interrupt, then let it propagate.
-        if pending is not None:
-            last, pending = pending, None
-            yield _settle(*last)
-        raise
+                yield prepared
+                continue
+            result, write = _train_and_write(engine, item, prepared, out_dir, gt_dir, writer, output_paths, write_result)
+            yield _settle(result, write)  # reported as soon as its files are written, not one image later
     finally:
         stop.set()
         while thread.is_alive():  # unblock the producer
@@ -250,8 +239,6 @@ def run_batch(
                 ready.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.1)
-        if pending is not None and pending[1] is not None:
-            pending[1].result()  # an atomic write in flight is allowed to finish
         writer.shutdown(wait=True)
 
 

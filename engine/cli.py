@@ -178,7 +178,7 @@ def sr(
         config.zssr = config.zssr.with_(iterations=zssr_iters, min_iterations=min(zssr_iters, config.zssr.min_iterations))
     progress = None if quiet else _Progress(len(items))
     try:
-        engine = Engine(config, on_stage=progress.stage if progress else None)
+        engine = Engine(config, on_stage=progress.stage if progress else None, on_progress=progress.step if progress else None)
         if config.masker.resolved_name() != "none" and items:
             engine.masker  # load weights / engines now: a missing file is a usage error, not N failures
         if config.kernel_estimator != "kernelgan" and items:
@@ -283,10 +283,13 @@ class _Progress:
 
     def __init__(self, total: int):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
 
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), transient=False, console=Console(stderr=True))
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
+                                 console=Console(stderr=True))
         self.task = self.progress.add_task("starting", total=total)
         self.current = ""
 
@@ -299,6 +302,10 @@ class _Progress:
 
     def stage(self, name: str) -> None:
         self.progress.update(self.task, description=f"{name:<9}")
+
+    def step(self, name: str, done: int, total: int) -> None:
+        """Progress inside the current image (e.g. ZSSR iteration 120/320)."""
+        self.progress.update(self.task, description=f"{name} {done}/{total}")
 
     def done(self, result) -> None:
         self.progress.advance(self.task)

@@ -122,16 +122,23 @@ class Result:
 class Engine:
     """Multi-KernelGAN super-resolution with a typed config; see the module docstring.
 
-    on_stage: optional callback(stage_name) for progress displays ("mask", "kernels", "zssr", ...).
+    on_stage: optional callback(stage_name) for progress displays ("mask", "kernels", "zssr", ...);
+    on_progress: optional callback(stage_name, done, total) inside a stage (ZSSR iterations).
     """
 
-    def __init__(self, config: EngineConfig | None = None, on_stage: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        on_stage: Callable[[str], None] | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ):
         from mkgan_engine.device import resolve_device
 
         self.config = config or EngineConfig()
         self.device = resolve_device(self.config.device)
         self.config.masker.device = str(self.device)
         self.on_stage = on_stage
+        self.on_progress = on_progress
         self._masker = None
         self._kenet = None
         self.last_mask_timings: dict[str, float] = {}  # per-model seconds of the last masker call
@@ -227,7 +234,9 @@ class Engine:
         masks = [None] if len(region_map) == 1 else [region_map.mask(r.label) for r in region_map.regions]
         seeds = [self.config.seed * 1000 + 500 + i for i in range(len(kernels))]
         with self._stage("zssr"):
-            outputs = super_resolve(image, kernels, scale, self.config.zssr, masks=masks, seeds=seeds, device=self.device)
+            progress = None if self.on_progress is None else (lambda done, total: self.on_progress("zssr", done, total))
+            outputs = super_resolve(image, kernels, scale, self.config.zssr, masks=masks, seeds=seeds, device=self.device,
+                                    progress=progress)
         if len(outputs) == 1:
             return outputs[0]
         with self._stage("merge"):

@@ -67,3 +67,13 @@ def test_mismatched_kernels_are_rejected():
     labels[40:] = 1
     with pytest.raises(InputError, match="1 kernels for 2 regions"):
         quick_engine().run(np.zeros((80, 80, 3), np.float32), region_map=RegionMap(labels), kernels=[np.ones((3, 3))])
+
+
+def test_progress_inside_an_image_reports_zssr_iterations(load_photo):
+    lr = load_photo("set5/bird.png")[::2, ::2][:96, :96].copy()
+    calls: list[tuple[str, int, int]] = []
+    config = EngineConfig(device="cpu", masker=MaskerConfig(name="none"), zssr=QUICK_ZSSR)
+    Engine(config, on_progress=lambda stage, done, total: calls.append((stage, done, total))).run(lr)
+    assert calls and all(stage == "zssr" and total == QUICK_ZSSR.iterations for stage, _, total in calls)
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done) and 0 < done[0] <= done[-1] <= QUICK_ZSSR.iterations

@@ -71,7 +71,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -84,6 +84,8 @@ from .masked_crop import gather_crops
 from .zssr_data import build_father_canvas, dihedral_permutations, father_levels, make_sons, sample_fathers
 from .zssr_inference import back_project, region_box, upscale_member
 from .zssr_net import MemberAdam, MemberConvNet, autocast_context
+
+Progress = Callable[[int, int], None]  # (iterations done, iterations of this step)
 
 # Stream used once per member to draw the fixed reconstruction-error crops.
 # Step counters of different stages of a gradual run never collide.
@@ -143,10 +145,12 @@ def train_members(
     crop_size: int,
     stage: int = 0,
     init: MemberConvNet | None = None,
+    progress: Progress | None = None,
 ) -> tuple[MemberConvNet, list[StageInfo], int]:
     """Train M members on fathers from ``levels`` (see :func:`build_father_canvas`; the first level
     is the image being upscaled) with kernels (M, K, K) at ``scale``. Returns the trained net (all
-    members), per-member info and the number of batched iterations run."""
+    members), per-member info and the number of batched iterations run. ``progress(done, total)``
+    is called at each learning-rate check (no extra host synchronisation)."""
     device = levels[0][0].device
     m = len(seeds)
     canvas = build_father_canvas(levels, crop_size, config.region_min_inside, config.region_share)
@@ -221,6 +225,8 @@ def train_members(
         if not (policy or t in checks):
             continue
         # ---- one host sync: learning-rate policy and stopping ----
+        if progress is not None:
+            progress(t, config.iterations)
         rec_host = rec_buf[:, : len(rec_iters)].cpu().numpy()
         iters = np.asarray(rec_iters)
         for i in range(len(ids)):
@@ -327,13 +333,15 @@ def run_zssr(
     seeds: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     kernel_scale: int | None = None,
+    progress: Progress | None = None,
 ) -> ZSSRResult:
     """Super-resolve ``image`` (float32 HxW or HxWxC in [0, 1]) once per member.
 
     kernels: one per member; for ``scale == 4`` these are the *x2* kernels (gradual x4, see the module
     docstring) unless ``kernel_scale=4`` says they are x4 kernels (then one direct x4 step); for other
     scales, kernels for that scale. masks: one bool HxW (LR) region per member or None (whole image);
-    seeds: one int per member (default 0..M-1). Returns a :class:`ZSSRResult`.
+    seeds: one int per member (default 0..M-1); progress: optional ``callback(done, total)`` with the
+    training iterations of the current step. Returns a :class:`ZSSRResult`.
     """
     config = config or ZSSRConfig.preset("fast")
     device = torch.device(device)
@@ -379,7 +387,8 @@ def run_zssr(
     source = lr.expand(m, -1, -1, -1)
     t0 = time.perf_counter()
     net, infos1, iters = train_members(
-        father_levels(source, masks, config), k_step, step_scale, config, seeds, _crop_size(config, (h, w), step_scale)
+        father_levels(source, masks, config), k_step, step_scale, config, seeds, _crop_size(config, (h, w), step_scale),
+        progress=progress,
     )
     train_seconds += time.perf_counter() - t0
     total_iters += iters
@@ -400,7 +409,7 @@ def run_zssr(
         t0 = time.perf_counter()
         net2, infos2, iters = train_members(
             levels, k_given, 2, config, seeds, _crop_size(config, (2 * h, 2 * w), 2), stage=1,
-            init=net if config.x4_warm_start else None,
+            init=net if config.x4_warm_start else None, progress=progress,
         )
         train_seconds += time.perf_counter() - t0
         total_iters += iters
@@ -439,6 +448,7 @@ def super_resolve(
     seeds: Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     kernel_scale: int | None = None,
+    progress: Progress | None = None,
 ) -> list[np.ndarray]:
     """One HR image (float32 (H*scale)x(W*scale)[xC] in [0, 1]) per member; see :func:`run_zssr`."""
-    return run_zssr(image, kernels, scale, config, masks, seeds, device, kernel_scale).images
+    return run_zssr(image, kernels, scale, config, masks, seeds, device, kernel_scale, progress).images
