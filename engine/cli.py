@@ -204,15 +204,26 @@ def sr(
                     typer.echo(f"failed  {Path(result.input or '?').name} ({result.error})", err=True)
     except (KeyboardInterrupt, Terminated) as stop:
         run_report.interrupted = True
-        run_report.write(output, reports)
+        _write_report(run_report, output, reports)
         typer.secho(f"interrupted: report of the {len(run_report.entries)} finished input(s) written to {output}", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-    written = run_report.write(output, reports)
+    written = _write_report(run_report, output, reports)
     if not quiet:
         _print_summary(run_report, written)
-    raise typer.Exit(EXIT_FAILED if run_report.counts().get("failed") else EXIT_OK)
+    report_failed = bool(reports) and not written
+    raise typer.Exit(EXIT_FAILED if run_report.counts().get("failed") or report_failed else EXIT_OK)
+
+
+def _write_report(run_report, output: Path, reports: tuple[str, ...]) -> list[Path]:
+    """Write the report; a failure (full disk, ...) is said on stderr, not a traceback. The SR files
+    already written stay; the atomic writes leave no temporary file."""
+    try:
+        return run_report.write(output, reports)
+    except OSError as error:
+        typer.secho(f"error: could not write the report to {output}: {error.strerror or error}", err=True, fg=typer.colors.RED)
+        return []
 
 
 class _DryRun(Exception):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from mkgan_engine.cli import app
@@ -266,3 +267,37 @@ def test_two_concurrent_runs_into_one_folder_neither_fail_nor_tear(tmp_path):
         assert (tmp_path / "out" / f"p{i}_x2.png").read_bytes() == (tmp_path / "single" / f"p{i}_x2.png").read_bytes()
     assert not list((tmp_path / "out").glob(".*.tmp"))
     assert json.loads((tmp_path / "out" / "report.json").read_text())["counts"]["ok"] == 2
+
+
+def test_a_full_disk_while_writing_the_report_is_an_error_not_a_traceback(tmp_path, monkeypatch):
+    import errno
+
+    import mkgan_engine.report as report_module
+
+    photo = _photo(tmp_path / "p.png")
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report_module, "write_bytes_atomic", full_disk)
+    result = CliRunner().invoke(app, ["sr", str(photo), "-o", str(tmp_path / "out"), *QUICK])
+    assert result.exit_code == 1, result.output
+    assert "could not write the report" in result.output and "No space left" in result.output
+    assert (tmp_path / "out" / "p_x2.png").exists()
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_an_atomic_write_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "x.png"
+    target.write_bytes(b"old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
