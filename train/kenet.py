@@ -9,9 +9,12 @@ A small CNN predicts the x2 SR kernel of a grey LR window in one forward pass:
 The paper's network (64/128/256/512 channels, FC 1024, 96 px windows, 6e5 steps on four GPUs) is
 scaled down so that it trains in under an hour on a 2-core CPU: widths 16/32/64/128, FC 256,
 64 px windows (the KernelGAN crop size, so the same crop-inside-region rule decides where windows
-may go). It is trained with the paper's adaptive attention loss (:func:`attention_loss`) on synthetic
+may go), with BatchNorm and a quadratic head (see :class:`KENetConfig`). It is trained with the
+paper's adaptive attention loss plus a second-moment term (:func:`training_loss`) on synthetic
 degradations (:mod:`kenet_data`) by ``benchmarks/train_kernel_estimator.py``; the trained weights ship
-with the package (``weights/kenet_x2.pt``) and are loaded with a sha256 check.
+with the package (``weights/kenet_x2.pt``) and are loaded with a sha256 check. A region's kernel
+(:func:`estimate_region_kernels`) is the Gaussian with the mean second moments of its windows, the
+diagonal moment measured on windows rotated by 45 degrees (docs/kernel-estimation.md says why).
 
 Shapes and units: windows are float32 (N, 1, 64, 64) luma in [0, 1] (normalised inside the
 network: zero mean, unit standard deviation per window); kernels are float32 (N, 13, 13), applied by
