@@ -280,13 +280,12 @@ class Engine:
         if ground_truth is not None:
             from mkgan_engine.metrics import score
 
-            truth = _as_loaded(ground_truth).rgb
-            if truth.shape[:2] != result.sr.shape[:2]:
-                result.metrics_error = (f"ground truth is {truth.shape[1]}x{truth.shape[0]} px but the SR image is "
-                                        f"{result.sr.shape[1]}x{result.sr.shape[0]} px: not scored")
+            try:  # score refuses images of different sizes (the SR image's first)
+                metrics = score(result.sr, _as_loaded(ground_truth).rgb, self.config.scale)
+                result.metrics = {k: round(v, 5) for k, v in metrics.items()}
+            except ValueError as error:
+                result.metrics_error = f"ground truth not scored: {error}"
                 log.warning("%s: %s", result.input, result.metrics_error)
-            else:
-                result.metrics = {k: round(v, 5) for k, v in score(result.sr, truth, self.config.scale).items()}
         return result
 
     def run_many(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> Iterator[Result]:
