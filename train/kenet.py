@@ -312,11 +312,9 @@ def _gaussian_from_moments(moments: np.ndarray, size: int) -> np.ndarray:
 
 def _second_moments(kernels: np.ndarray) -> np.ndarray:
     """(N, K, K) -> (N, 3) var_x, var_y, cov_xy about each kernel's centre of mass (px^2)."""
-    k = kernels / kernels.sum(axis=(1, 2), keepdims=True)
-    rows, cols = np.indices(k.shape[1:])
-    cy, cx = (k * rows).sum(axis=(1, 2)), (k * cols).sum(axis=(1, 2))
-    dy, dx = rows[None] - cy[:, None, None], cols[None] - cx[:, None, None]
-    return np.stack([(k * dx * dx).sum(axis=(1, 2)), (k * dy * dy).sum(axis=(1, 2)), (k * dx * dy).sum(axis=(1, 2))], 1)
+    from .kernel import kernel_covariance
+
+    return np.array([kernel_covariance(k) for k in kernels], np.float64).reshape(-1, 3)
 
 
 def _crops(grey: np.ndarray, centres: np.ndarray, window: int, angle_deg: float = 0.0) -> np.ndarray:

@@ -123,16 +123,22 @@ def kernel_error(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"l1": float(np.abs(e - t).sum()), "psnr": float(10 * np.log10(t.max() ** 2 / max(mse, 1e-20)))}
 
 
-def kernel_moments(kernel: np.ndarray) -> tuple[float, float, float]:
-    """(sigma_major, sigma_minor, theta): square roots of the covariance's eigenvalues in pixels and
-    the major axis' angle in radians in [0, pi), measured from the +x (column) axis towards +y (rows)."""
+def kernel_covariance(kernel: np.ndarray) -> tuple[float, float, float]:
+    """(var_x, var_y, cov_xy) in px^2 of a kernel's (negative taps clipped, normalised) weights about
+    its centre of mass; x is the column, y the row axis."""
     k = np.clip(kernel.astype(np.float64), 0, None)
     k = k / k.sum()
     rows, cols = np.indices(k.shape)
     cy, cx = (k * rows).sum(), (k * cols).sum()
     dy, dx = rows - cy, cols - cx
-    cov = np.array([[(k * dx * dx).sum(), (k * dx * dy).sum()], [(k * dx * dy).sum(), (k * dy * dy).sum()]])
-    values, vectors = np.linalg.eigh(cov)
+    return float((k * dx * dx).sum()), float((k * dy * dy).sum()), float((k * dx * dy).sum())
+
+
+def kernel_moments(kernel: np.ndarray) -> tuple[float, float, float]:
+    """(sigma_major, sigma_minor, theta): square roots of the covariance's eigenvalues in pixels and
+    the major axis' angle in radians in [0, pi), measured from the +x (column) axis towards +y (rows)."""
+    var_x, var_y, cov_xy = kernel_covariance(kernel)
+    values, vectors = np.linalg.eigh(np.array([[var_x, cov_xy], [cov_xy, var_y]]))
     major = vectors[:, 1]
     theta = float(np.arctan2(major[1], major[0]) % np.pi)
     return float(np.sqrt(max(values[1], 0))), float(np.sqrt(max(values[0], 0))), theta
