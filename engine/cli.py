@@ -145,17 +145,14 @@ def sr(
         items, ignored = collect_inputs(inputs, recursive, sr_suffix=sr_suffix)
     except FileNotFoundError as error:
         raise _usage_error(str(error))
-    try:
-        if dry_run:
-            raise _DryRun
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".mkgan-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise _usage_error(f"cannot write to output directory {output}: {error.strerror or error}")
-    except _DryRun:
-        pass
+    if not dry_run:  # --dry-run writes nothing, not even the output folder
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+            probe = output / ".mkgan-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise _usage_error(f"cannot write to output directory {output}: {error.strerror or error}")
 
     config = EngineConfig(
         scale=scale, preset=preset, device=device, seed=seed, kernel_estimator=kernel_estimator,  # type: ignore[arg-type]
@@ -224,10 +221,6 @@ def _write_report(run_report, output: Path, reports: tuple[str, ...]) -> list[Pa
     except OSError as error:
         typer.secho(f"error: could not write the report to {output}: {error.strerror or error}", err=True, fg=typer.colors.RED)
         return []
-
-
-class _DryRun(Exception):
-    """--dry-run: skip creating the output directory."""
 
 
 def _print_dry_run(items, ignored, output: Path, config) -> None:
