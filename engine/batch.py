@@ -20,8 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkgan_engine.imageio import READ_SUFFIXES, ImageReadError, read_image
-from mkgan_engine.pipeline import Engine, InputError, Result, _model_timings
+from mkgan_engine.imageio import READ_SUFFIXES, ImageReadError
+from mkgan_engine.pipeline import Engine, InputError, Prepared, Result
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,9 @@ def run_batch(
 ) -> Iterator[Result]:
     """Yield one Result per input, in order, as each finishes (written to ``out_dir`` when given).
 
-    Stage 1 (thread): decode + mask the next ``prefetch`` images. Stage 2 (caller's thread):
-    kernel estimation + ZSSR. Stage 3 (thread): write outputs; an image is yielded once its files
+    Stage 1 (thread): :meth:`Engine.prepare` (decode, size check, mask) the next ``prefetch``
+    images. Stage 2 (caller's thread): :meth:`Engine.finish` (kernel estimation, ZSSR, merge).
+    Stage 3 (thread): write outputs; an image is yielded once its files
     are written. A failure in any stage becomes a Result with
     status "failed" and the error; --skip-existing inputs become "skipped".
     """
@@ -180,31 +181,23 @@ def run_batch(
     ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
 
-    def prepare(item: InputFile):
+    def prepare(item: InputFile) -> Prepared | Result:
         if out_dir is not None and config.output.skip_existing:
             if output_paths(item.path, out_dir, config, item.relative_dir).sr.exists():
                 return _failure(item, "output exists (--skip-existing)", "skipped")
-        timings: dict[str, float] = {}
         try:
-            start = time.perf_counter()
-            loaded = read_image(item.path)
-            timings["read"] = time.perf_counter() - start
-            engine.check_size(loaded.rgb)
-            if loaded.alpha is not None and out_dir is not None:
-                sr_path = output_paths(item.path, out_dir, config, item.relative_dir).sr
-                if sr_path.suffix in (".jpg", ".jpeg"):
-                    return _failure(item, f"the input has an alpha channel, which {sr_path.name} (JPEG) cannot hold: "
-                                          "use --ext png or --ext same")
-            start = time.perf_counter()
-            region_map = engine.mask(loaded.rgb, item.path.stem)
-            timings["mask"] = time.perf_counter() - start
-            timings.update(_model_timings(engine.last_mask_timings))
+            prepared = engine.prepare(item.path, announce=False)  # the progress display shows the image training
         except (ImageReadError, InputError, ValueError, FileNotFoundError) as error:
             return _failure(item, str(error))
         except Exception as error:  # noqa: BLE001 - one bad image never stops the batch
             log.debug("masking failed for %s", item.path, exc_info=True)
             return _failure(item, f"masking failed: {type(error).__name__}: {error}")
-        return loaded, region_map, timings
+        if prepared.image.alpha is not None and out_dir is not None:
+            sr_path = output_paths(item.path, out_dir, config, item.relative_dir).sr
+            if sr_path.suffix in (".jpg", ".jpeg"):
+                return _failure(item, f"the input has an alpha channel, which {sr_path.name} (JPEG) cannot hold: "
+                                      "use --ext png or --ext same")
+        return prepared
 
     def producer() -> None:
         for item in items:
@@ -242,19 +235,17 @@ def run_batch(
         writer.shutdown(wait=True)
 
 
-def _train_and_write(engine, item, prepared, out_dir, gt_dir, writer, output_paths, write_result):
-    loaded, region_map, timings = prepared
+def _train_and_write(engine: Engine, item: InputFile, prepared: Prepared, out_dir, gt_dir, writer, output_paths, write_result):
     try:
         gt_path = _find_ground_truth(gt_dir, item.path.stem)
         if gt_dir is not None and gt_path is None:
             log.warning("no ground truth for %s in %s", item.path.name, gt_dir)
-        result = engine.run(loaded, ground_truth=gt_path, region_map=region_map)
-        result.timings = {**timings, **{k: v for k, v in result.timings.items() if k != "read"}}
+        result = engine.finish(prepared, ground_truth=gt_path)
     except Exception as error:  # noqa: BLE001
         log.debug("processing failed for %s", item.path, exc_info=True)
         message = str(error) if isinstance(error, (InputError, ImageReadError)) else f"{type(error).__name__}: {error}"
-        return Result(input=str(item.path), status="failed", error=message, region_map=region_map, timings=timings), None
-    result.input = str(item.path)
+        return Result(input=str(item.path), status="failed", error=message, region_map=prepared.plan.region_map,
+                      timings=dict(prepared.timings)), None
     if out_dir is None:
         return result, None
     paths = output_paths(item.path, out_dir, engine.config, item.relative_dir)

@@ -13,7 +13,9 @@ from typing import Optional
 import typer
 
 from mkgan_engine import __version__
-from mkgan_engine.config import BACKEND_NAMES, MASKER_NAMES
+from mkgan_engine.config import BACKEND_NAMES, BLUR_MAP_NAMES, MASKER_NAMES, SAM_TYPES
+from mkgan_engine.cli_flags import with_flags
+from mkgan_engine.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from mkgan_engine.train.config import KERNEL_ESTIMATORS, KERNEL_MODELS
 
 app = typer.Typer(
@@ -23,8 +25,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Blind super-resolution for photos whose blur varies: one kernel per image region (KENet or KernelGAN), ZSSR per region, seamless merge.",
 )
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -81,7 +81,9 @@ def sr(
     inputs: list[str] = typer.Argument(..., help="Image files, directories or globs."),
     output: Path = typer.Option(..., "-o", "--output", help="Output directory."),
     scale: int = typer.Option(2, "--scale", "-s", help="Upscaling factor: 2 or 4."),
-    masker: str = typer.Option("auto", help=f"Region masker: {'|'.join(MASKER_NAMES)} (auto: yolo-sam with both weights, else none = one kernel)."),
+    masker: str = typer.Option("auto", help=f"Region masker: {'|'.join(MASKER_NAMES)} (auto: yolo-sam with both weights, else blur = regions where the blur differs)."),
+    max_regions: int = typer.Option(3, min=1, max=8, help="The blur masker makes at most this many regions (it picks 1..N per image)."),
+    blur_map: str = typer.Option("kenet", help=f"The blur masker's local blur: {'|'.join(BLUR_MAP_NAMES)} (learned estimator, or weight-free edge re-blur)."),
     mask_dir: Optional[Path] = typer.Option(None, help="User masks <stem>.png (>0 = object, or a label map); bypass the masker."),
     preset: str = typer.Option("fast", help="Training preset: fast (CPU-friendly) or paper (reference settings)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -98,7 +100,7 @@ def sr(
     gt_dir: Optional[Path] = typer.Option(None, help="Ground-truth HR images (same stem): score PSNR/SSIM/MSE."),
     yolo_weights: Optional[Path] = typer.Option(None, help="YOLOv8 detector weights (.pt) for yolo-sam."),
     sam_checkpoint: Optional[Path] = typer.Option(None, help="SAM checkpoint (.pth) for yolo-sam / sam."),
-    sam_type: str = typer.Option("vit_b", help="SAM model type: vit_b, vit_l or vit_h."),
+    sam_type: str = typer.Option("vit_b", help=f"SAM model type: {', '.join(SAM_TYPES)}."),
     backend: str = typer.Option("torch", help=f"Runtime for YOLO/SAM: {'|'.join(BACKEND_NAMES)}."),
     engines: Optional[Path] = typer.Option(None, help="Directory written by `mkgan-engine export` (non-torch backends)."),
     save: str = typer.Option("kernels,masks", help="Extra outputs: any of kernels,masks,previews (or 'none')."),
@@ -120,15 +122,18 @@ def sr(
     _choice(kernel_estimator, KERNEL_ESTIMATORS, "--kernel-estimator")
     _choice(kernel_model, KERNEL_MODELS, "--kernel-model")
     _choice(ext, ("png", "jpg", "webp", "tif", "same"), "--ext")
-    _choice(sam_type, ("vit_b", "vit_l", "vit_h"), "--sam-type")
+    _choice(sam_type, SAM_TYPES, "--sam-type")
+    _choice(blur_map, BLUR_MAP_NAMES, "--blur-map")
     _choice(backend, BACKEND_NAMES, "--backend")
     saves = () if save == "none" else _csv_set(save, ("kernels", "masks", "previews"), "--save")
     reports = () if report == "none" else _csv_set(report, ("json", "csv"), "--report")
 
     from mkgan_engine.batch import Terminated, collect_inputs, output_conflicts, run_batch
     from mkgan_engine.config import EngineConfig, MaskerConfig, OutputConfig
+    from mkgan_engine.device import DeviceError
     from mkgan_engine.pipeline import Engine
-    from mkgan_engine.report import Report
+    from mkgan_engine.report import Record, Report, earlier_records
+    from mkgan_engine.train.config import KernelGANConfig, ZSSRConfig
 
     if masker == "auto" and engines is None and (yolo_weights is None) != (sam_checkpoint is None):
         given, missing = ("--yolo-weights", "--sam-checkpoint") if sam_checkpoint is None else ("--sam-checkpoint", "--yolo-weights")
@@ -154,10 +159,18 @@ def sr(
         except OSError as error:
             raise _usage_error(f"cannot write to output directory {output}: {error.strerror or error}")
 
+    kernelgan = KernelGANConfig.preset(preset).with_(kernel_model=kernel_model)  # type: ignore[arg-type]
+    if kernelgan_iters is not None:
+        kernelgan = kernelgan.with_(iterations=kernelgan_iters)
+    zssr = ZSSRConfig.preset(preset)  # type: ignore[arg-type]
+    if zssr_iters is not None:
+        zssr = zssr.with_(iterations=zssr_iters, min_iterations=min(zssr_iters, zssr.min_iterations))
     config = EngineConfig(
         scale=scale, preset=preset, device=device, seed=seed, kernel_estimator=kernel_estimator,  # type: ignore[arg-type]
+        kernelgan=kernelgan, zssr=zssr,
         masker=MaskerConfig(name=masker, backend=backend, yolo_weights=yolo_weights,  # type: ignore[arg-type]
-                            sam_checkpoint=sam_checkpoint, sam_type=sam_type, engines_dir=engines, mask_dir=mask_dir),  # type: ignore[arg-type]
+                            sam_checkpoint=sam_checkpoint, sam_type=sam_type, engines_dir=engines, mask_dir=mask_dir,  # type: ignore[arg-type]
+                            max_regions=max_regions, blur_map=blur_map),  # type: ignore[arg-type]
         output=OutputConfig(suffix=suffix, ext=ext, jpeg_quality=jpeg_quality, save_kernels="kernels" in saves, save_masks="masks" in saves,  # type: ignore[arg-type]
                             save_previews="previews" in saves, reports=reports, skip_existing=skip_existing),
     )
@@ -168,33 +181,30 @@ def sr(
     if dry_run:
         _print_dry_run(items, ignored, output, config)
         raise typer.Exit(EXIT_OK)
-    config.kernelgan = config.kernelgan.with_(kernel_model=kernel_model)
-    if kernelgan_iters is not None:
-        config.kernelgan = config.kernelgan.with_(iterations=kernelgan_iters)
-    if zssr_iters is not None:
-        config.zssr = config.zssr.with_(iterations=zssr_iters, min_iterations=min(zssr_iters, config.zssr.min_iterations))
     progress = None if quiet else _Progress(len(items))
     try:
         engine = Engine(config, on_stage=progress.stage if progress else None, on_progress=progress.step if progress else None)
+        config = engine.config  # resolved: the preset's settings, the device that runs
         if config.masker.resolved_name() != "none" and items:
             engine.masker  # load weights / engines now: a missing file is a usage error, not N failures
         if config.kernel_estimator != "kernelgan" and items:
             engine.kenet_model  # the shipped KENet weights, sha256-checked
+    except DeviceError as error:
+        raise _usage_error(f"--device {error}; --device cpu runs without CUDA")
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
-        raise _usage_error(str(error))
+        raise _usage_error(with_flags(str(error)))
 
     log = logging.getLogger("mkgan_engine")
     log.info("%d image(s), masker %s, scale x%d, preset %s, device %s", len(items), config.masker.resolved_name(), scale, preset, engine.device)
     run_report = Report(config)
     for path, reason in ignored:
-        run_report.add({"input": str(path), "status": "skipped", "error": reason, "outputs": {}, "regions": [],
-                        "fallback_reason": None, "timings_s": {}, "metrics": None})
-    earlier = _earlier_records(output) if skip_existing else {}
+        run_report.add(Record.ignored(path, reason))
+    earlier = earlier_records(output) if skip_existing else {}
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with progress or _NullContext():
             for result in run_batch(engine, items, out_dir=output, gt_dir=gt_dir):
-                run_report.add(_with_earlier_record(result.report_entry(), earlier))
+                run_report.add(Record.of(result).resumed(earlier))
                 if progress:
                     progress.done(result)
                 elif result.status == "failed":  # --quiet: errors only, but every failed image
@@ -254,26 +264,6 @@ def _print_dry_run(items, ignored, output: Path, config) -> None:
                   f"({config.preset} preset, {config.kernel_estimator}); nothing was written")
 
 
-def _earlier_records(output: Path) -> dict[str, dict]:
-    """The "ok" records of an earlier report.json in ``output`` by input path ({} if none or unreadable)."""
-    import json
-
-    try:
-        images = json.loads((output / "report.json").read_text())["images"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return {e["input"]: e for e in images if isinstance(e, dict) and e.get("status") == "ok" and "input" in e}
-
-
-def _with_earlier_record(entry: dict, earlier: dict[str, dict]) -> dict:
-    """A --skip-existing record carries what the earlier run measured (kernels, metrics, outputs), so
-    the report of a resumed run describes the whole batch."""
-    before = earlier.get(entry["input"])
-    if entry["status"] != "skipped" or before is None:
-        return entry
-    return {**before, "status": "skipped", "error": f"{entry['error']}; record of the earlier run"}
-
-
 class _NullContext:
     def __enter__(self):
         return self
@@ -323,18 +313,13 @@ def _print_summary(run_report, written: list[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mkgan_engine.report import SUMMARY_COLUMNS
+
     table = Table(title="mkgan-engine sr", show_lines=False)
-    for column in ("input", "status", "regions", "Y-PSNR", "SSIM", "time (s)", "note"):
+    for column in SUMMARY_COLUMNS:
         table.add_column(column, overflow="fold")
-    for e in run_report.entries:
-        metrics = e.get("metrics") or {}
-        timings = e.get("timings_s") or {}
-        note = e.get("error") or e.get("fallback_reason") or ""
-        table.add_row(
-            Path(e["input"]).name, e["status"], str(len(e.get("regions") or [])) if e["status"] == "ok" else "",
-            f"{metrics['psnr_y']:.2f}" if "psnr_y" in metrics else "", f"{metrics['ssim_y']:.4f}" if "ssim_y" in metrics else "",
-            f"{sum(timings.values()):.1f}" if timings else "", note,
-        )
+    for record in run_report.entries:
+        table.add_row(*record.summary_row())
     console = Console()
     console.print(table)
     counts = run_report.counts()

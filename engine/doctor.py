@@ -118,7 +118,7 @@ def diagnose(
 
     if engines is not None:
         try:
-            from mkgan_engine.export.manifest import describe_engines
+            from mkgan_engine.backends.manifest import describe_engines
 
             rows = describe_engines(Path(engines))
             if not rows:

@@ -116,6 +116,23 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     return LoadedImage(rgb, alpha, grey, bit_depth, path)
 
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of R, G, B."""
+
+
+def luma(rgb: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """...x3 RGB -> ... luma 0.299 R + 0.587 G + 0.114 B (BT.601 weights, no offsets), computed in
+    ``dtype`` (float32 by default) in that order; in [0, 1] for RGB in [0, 1] (the weights sum to 1).
+    The grey image of the maskers and of colour user masks; the trainers' raw-array entry
+    (:func:`mkgan_engine.train.sampler.to_grey`) applies the same weights as a float64 dot product.
+    PSNR-Y's :func:`metrics.rgb_to_y` is a different quantity (studio-range Y)."""
+    rgb = np.asarray(rgb, dtype)
+    if rgb.ndim < 1 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected ...x3 RGB, got shape {rgb.shape}")
+    wr, wg, wb = LUMA_WEIGHTS
+    return rgb[..., 0] * wr + rgb[..., 1] * wg + rgb[..., 2] * wb
+
+
 def encode_like(rgb: np.ndarray, like: LoadedImage, alpha: np.ndarray | None = None) -> np.ndarray:
     """float32 HxWx3 in [0,1] (+ alpha HxW) -> uint8/uint16 array in the input's kind, BGR(A)/grey
     channel order as cv2 writes it."""

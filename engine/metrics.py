@@ -11,7 +11,13 @@ import numpy as np
 
 
 def rgb_to_y(image: np.ndarray) -> np.ndarray:
-    """float HxWx3 RGB in [0,1] -> float64 HxW luma in [0,1] (MATLAB rgb2ycbcr Y / 255)."""
+    """float HxWx3 RGB in [0,1] -> float64 HxW Y in [16/255, 235/255] (MATLAB rgb2ycbcr Y / 255);
+    an HxW (grey) image is returned unchanged, as float64.
+
+    This is ITU-R BT.601 *studio-range* Y (offset 16, scale 219/255, weights 65.481, 128.553,
+    24.966), the quantity super-resolution papers compute PSNR-Y / SSIM-Y on, so scores compare
+    with theirs. It is deliberately not :func:`mkgan_engine.imageio.luma` (full-range 0.299 R +
+    0.587 G + 0.114 B in [0, 1], the grey image the maskers and trainers work on)."""
     if image.ndim == 2:
         return image.astype(np.float64)
     r, g, b = (image[..., i].astype(np.float64) for i in range(3))

@@ -8,6 +8,14 @@ their own mask or kernels)::
     result = engine.run("photo.png")          # or a float32 HxWx3 array in [0, 1]
     result.sr                                 # float32 (2H)x(2W)x3 in [0, 1]
     [r.kernel for r in result.regions]        # one 13x13 x2 kernel per region
+
+    region_map = engine.mask(image)           # the stages alone
+    plan = engine.plan(image, region_map)
+    regions = engine.estimate_kernels(image, plan)
+    sr, zssr = engine.super_resolve(image, plan, [r.kernel for r in regions])
+
+:meth:`Engine.run` is :meth:`Engine.prepare` (read, size check, mask) then :meth:`Engine.finish`
+(kernels, ZSSR, merge, metrics); the batch runs the two halves in different threads.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,13 +44,47 @@ class InputError(ValueError):
     """The input cannot be processed (too small, unreadable, bad mask); the message says why."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class Plan:
+    """What the kernel and ZSSR stages of one image share, derived once from its region map.
+
+    masks: one bool HxW LR mask per region in ``region_map`` order, or ``(None,)`` for a single
+    region (the whole image); kernel_seeds: KernelGAN's seed per region (``seed * 1000 + i``);
+    zssr_seeds: ZSSR's (``seed * 1000 + 500 + i``); scale: 2 or 4.
+    """
+
+    region_map: RegionMap
+    masks: tuple[np.ndarray | None, ...]
+    kernel_seeds: tuple[int, ...]
+    zssr_seeds: tuple[int, ...]
+    scale: int
+
+    @classmethod
+    def build(cls, region_map: RegionMap, seed: int, scale: int) -> Plan:
+        n = len(region_map)
+        masks = (None,) if n == 1 else tuple(region_map.mask(r.label) for r in region_map.regions)
+        return cls(region_map, masks, tuple(seed * 1000 + i for i in range(n)),
+                   tuple(seed * 1000 + 500 + i for i in range(n)), scale)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image read, size-checked and split into regions, ready for :meth:`Engine.finish`.
+    timings: seconds of "read", "mask" and the masker's models ("mask_<model>")."""
+
+    image: LoadedImage
+    plan: Plan
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
 class RegionResult:
     """One region's outcome. kernel: float32 13x13 x2 kernel (sum 1); kernel_x4: its analytic x4
     kernel when scale is 4; estimator: what produced the kernel ("kenet", "kernelgan", "hybrid",
     "user"); status: "ok", or KernelGAN's "collapsed"/"failed" (a fallback kernel); confidence: for
     KENet, the number of windows and the spread (std over windows, px) of their sigmas; restarts:
-    KernelGAN stability-guard restarts for this region."""
+    KernelGAN stability-guard restarts for this region; zssr: this region's ZSSR training
+    (:func:`zssr_diagnostics`), None until it ran."""
 
     label: int
     name: str
@@ -55,24 +97,7 @@ class RegionResult:
     confidence: dict[str, Any] | None = None
     restarts: int = 0
     notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        from mkgan_engine.train.kernel import kernel_moments
-
-        major, minor, theta = kernel_moments(self.kernel)
-        return {
-            "label": self.label,
-            "name": self.name,
-            "source": self.source,
-            "area_fraction": round(self.area_fraction, 4),
-            "kernel": {"sigma_major_px": round(major, 3), "sigma_minor_px": round(minor, 3),
-                       "theta_deg": round(float(np.degrees(theta)), 1), "size": list(self.kernel.shape)},
-            "estimator": self.estimator,
-            "status": self.status,
-            "confidence": self.confidence,
-            "restarts": self.restarts,
-            "notes": self.notes,
-        }
+    zssr: dict[str, float] | None = None
 
 
 @dataclass
@@ -99,31 +124,32 @@ class Result:
     size_lr: tuple[int, int] | None = None  # (height, width) of the input, kept after release()
 
     def report_entry(self) -> dict[str, Any]:
-        """The JSON-ready record of this image (see README, "Report")."""
-        rmap = self.region_map
-        return {
-            "input": self.input,
-            "status": self.status,
-            "error": self.error,
-            "outputs": self.outputs,
-            "size_lr": list(self.size_lr) if self.size_lr is not None else None,
-            "regions": [r.summary() for r in self.regions],
-            "fallback_reason": rmap.fallback_reason if rmap is not None else None,
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-            "metrics": self.metrics,
-            "metrics_error": self.metrics_error,
-        }
+        """The JSON-ready record of this image (:class:`mkgan_engine.report.Record`)."""
+        from mkgan_engine.report import Record
+
+        return Record.of(self).to_json()
 
     def release(self) -> None:
         """Drop the pixel arrays (after writing) so long batches keep memory flat."""
         self.sr = self.alpha = self.image = None
 
 
+def zssr_diagnostics(member: Any) -> dict[str, float]:
+    """One region's ZSSR training (a :class:`mkgan_engine.train.zssr.MemberInfo`): iterations run
+    (all steps), and of the last step the final learning rate, the mean training L1 and the last
+    reconstruction error (L1 on [0, 1] pixels)."""
+    last = member.stages[-1]
+    return {"iterations": int(member.iterations), "final_lr": float(f"{last.final_lr:.4g}"),
+            "loss": float(f"{last.loss:.4g}"), "rec_error": float(f"{last.rec_error:.4g}")}
+
+
 class Engine:
     """Multi-KernelGAN super-resolution with a typed config; see the module docstring.
 
-    on_stage: optional callback(stage_name) for progress displays ("mask", "kernels", "zssr", ...);
-    on_progress: optional callback(stage_name, done, total) inside a stage (ZSSR iterations).
+    config: as asked for; ``engine.config`` is its :meth:`~mkgan_engine.config.EngineConfig.resolved`
+    copy (raises :class:`~mkgan_engine.device.DeviceError` for an unusable device). on_stage:
+    optional callback(stage_name) for progress displays ("read", "mask", "kernels", "zssr",
+    "merge"); on_progress: optional callback(stage_name, done, total) inside a stage (ZSSR iterations).
     """
 
     def __init__(
@@ -132,16 +158,14 @@ class Engine:
         on_stage: Callable[[str], None] | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
     ):
-        from mkgan_engine.device import resolve_device
+        import torch
 
-        self.config = config or EngineConfig()
-        self.device = resolve_device(self.config.device)
-        self.config.masker.device = str(self.device)
+        self.config = (config or EngineConfig()).resolved()
+        self.device = torch.device(self.config.device)
         self.on_stage = on_stage
         self.on_progress = on_progress
         self._masker = None
         self._kenet = None
-        self.last_mask_timings: dict[str, float] = {}  # per-model seconds of the last masker call
 
     # ----------------------------------------------------------------------------- stages
     @property
@@ -162,8 +186,7 @@ class Engine:
 
     def mask(self, image: np.ndarray, stem: str | None = None) -> RegionMap:
         """Regions of an LR image (float32 HxWx3 in [0,1]): the user's mask from mask_dir when one
-        exists for ``stem``, else the configured masker."""
-        self.last_mask_timings = {}
+        exists for ``stem``, else the configured masker (its per-model seconds in ``.timings``)."""
         mask_dir = self.config.masker.mask_dir
         if mask_dir is not None and stem is not None:
             from mkgan_engine.maskers.user_mask import load_user_mask
@@ -172,18 +195,23 @@ class Engine:
             if user is not None:
                 return user
             log.warning("no user mask for %s in %s; using the %s masker", stem, mask_dir, self.config.masker.resolved_name())
-        region_map = self.masker(image)
-        self.last_mask_timings = dict(getattr(self.masker, "last_timings", None) or {})
-        return region_map
+        return self.masker(image)
 
-    def estimate_kernels(self, image: np.ndarray, region_map: RegionMap) -> list[RegionResult]:
+    def plan(self, image: np.ndarray, region_map: RegionMap) -> Plan:
+        """The :class:`Plan` of an LR image (float32 HxWx3) split by ``region_map``; InputError when
+        the map's size is not the image's."""
+        if region_map.shape != image.shape[:2]:
+            raise InputError(f"region map is {region_map.shape}, image is {image.shape[:2]}")
+        return Plan.build(region_map, self.config.seed, self.config.scale)
+
+    def estimate_kernels(self, image: np.ndarray, plan: Plan) -> list[RegionResult]:
         """One x2 kernel per region (image: float32 HxWx3 in [0,1]) with the configured estimator:
         KENet on windows inside each region, KernelGAN with all regions trained together as batched
         members, or KernelGAN started from the KENet kernels ("hybrid")."""
         from mkgan_engine.train.kernel import analytic_x4
 
         estimator = self.config.kernel_estimator
-        masks = [None] if len(region_map) == 1 else [region_map.mask(r.label) for r in region_map.regions]
+        masks = list(plan.masks)
         kernels, extras = [], []
         if estimator in ("kenet", "hybrid"):
             from mkgan_engine.train.kenet import estimate_region_kernels
@@ -198,8 +226,7 @@ class Engine:
             config = self.config.kernelgan
             if estimator == "hybrid":
                 config = config.with_(kernel_model="gaussian")
-            seeds = [self.config.seed * 1000 + i for i in range(len(masks))]
-            estimates = estimate_kernels([image] * len(masks), masks, config, seeds, device=self.device,
+            estimates = estimate_kernels([image] * len(masks), masks, config, list(plan.kernel_seeds), device=self.device,
                                          start_kernels=kernels if estimator == "hybrid" else None)
             kenet_extras = extras or [{}] * len(estimates)
             kernels = [est.kernel for est in estimates]
@@ -207,9 +234,9 @@ class Engine:
                        "notes": k.get("notes", []) + list(est.messages)} for est, k in zip(estimates, kenet_extras)]
         return [
             RegionResult(label=region.label, name=region.name, source=region.source, area_fraction=region.area_fraction,
-                         kernel=kernel, kernel_x4=analytic_x4(kernel) if self.config.scale == 4 else None,
+                         kernel=kernel, kernel_x4=analytic_x4(kernel) if plan.scale == 4 else None,
                          estimator=estimator, **extra)
-            for region, kernel, extra in zip(region_map.regions, kernels, extras)
+            for region, kernel, extra in zip(plan.region_map.regions, kernels, extras)
         ]
 
     @property
@@ -221,28 +248,85 @@ class Engine:
             self._kenet = load_kenet(self.config.kenet.weights, self.device)
         return self._kenet
 
-    def super_resolve(self, image: np.ndarray, region_map: RegionMap, kernels: list[np.ndarray]) -> np.ndarray:
+    def super_resolve(
+        self, image: np.ndarray, plan: Plan, kernels: list[np.ndarray], timings: dict[str, float] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, float]]]:
         """ZSSR per region with that region's x2 kernel, merged with feathered masks at HR.
 
-        image: float32 HxWx3 in [0,1]; kernels: one x2 kernel per region (in region_map order);
-        returns float32 (H*s)x(W*s)x3 in [0,1].
+        image: float32 HxWx3 in [0,1]; kernels: one x2 kernel per region (in plan order). Returns
+        (float32 (H*s)x(W*s)x3 in [0,1], per region :func:`zssr_diagnostics`); ``timings``, when
+        given, receives the "zssr" and "merge" seconds.
         """
         from mkgan_engine.train.merge import merge_regions
-        from mkgan_engine.train.zssr import super_resolve
+        from mkgan_engine.train.zssr import run_zssr
 
-        scale = self.config.scale
-        masks = [None] if len(region_map) == 1 else [region_map.mask(r.label) for r in region_map.regions]
-        seeds = [self.config.seed * 1000 + 500 + i for i in range(len(kernels))]
-        with self._stage("zssr"):
+        scale = plan.scale
+        with self._stage("zssr", timings):
             progress = None if self.on_progress is None else (lambda done, total: self.on_progress("zssr", done, total))
-            outputs = super_resolve(image, kernels, scale, self.config.zssr, masks=masks, seeds=seeds, device=self.device,
-                                    progress=progress)
-        if len(outputs) == 1:
-            return outputs[0]
-        with self._stage("merge"):
-            return merge_regions(outputs, region_map.upscale(scale), region_map.label_ids, scale=scale)
+            zssr = run_zssr(image, kernels, scale, self.config.zssr, masks=list(plan.masks), seeds=list(plan.zssr_seeds),
+                            device=self.device, progress=progress)
+        diagnostics = [zssr_diagnostics(member) for member in zssr.members]
+        if len(zssr.images) == 1:
+            return zssr.images[0], diagnostics
+        with self._stage("merge", timings):
+            region_map = plan.region_map
+            return merge_regions(zssr.images, region_map.upscale(scale), region_map.label_ids, scale=scale), diagnostics
 
     # ----------------------------------------------------------------------------- whole image
+    def prepare(
+        self,
+        image: str | os.PathLike[str] | np.ndarray | LoadedImage,
+        region_map: RegionMap | None = None,
+        announce: bool = True,
+    ) -> Prepared:
+        """Read ``image``, check its size and split it into regions (``region_map`` skips the
+        masker). Raises on bad input. announce: report the stages to ``on_stage`` (the batch
+        prepares the next image while the current one trains, and passes False)."""
+        timings: dict[str, float] = {}
+        with self._stage("read", timings, announce):
+            loaded = _as_loaded(image)
+        rgb = loaded.rgb
+        self.check_size(rgb)
+        if region_map is None:
+            with self._stage("mask", timings, announce):
+                region_map = self.mask(rgb, loaded.path.stem if loaded.path else None)
+            timings.update({f"mask_{k}": v for k, v in region_map.timings.items() if k != "total"})
+        return Prepared(loaded, self.plan(rgb, region_map), timings)
+
+    def finish(
+        self,
+        prepared: Prepared,
+        ground_truth: np.ndarray | str | os.PathLike[str] | None = None,
+        kernels: list[np.ndarray] | None = None,
+    ) -> Result:
+        """Kernels (or the given ``kernels``, one per region), ZSSR, merge, alpha and the metrics
+        against ``ground_truth`` for a :meth:`prepare`-d image. Raises on bad input."""
+        loaded, plan = prepared.image, prepared.plan
+        rgb, timings = loaded.rgb, dict(prepared.timings)
+        if kernels is None:
+            with self._stage("kernels", timings):
+                regions = self.estimate_kernels(rgb, plan)
+        else:
+            if len(kernels) != len(plan.region_map):
+                raise InputError(f"{len(kernels)} kernels for {len(plan.region_map)} regions")
+            regions = [RegionResult(r.label, r.name, "user", r.area_fraction, np.asarray(k, np.float32))
+                       for r, k in zip(plan.region_map.regions, kernels)]
+        sr, zssr = self.super_resolve(rgb, plan, [r.kernel for r in regions], timings)
+        result = Result(input=str(loaded.path) if loaded.path else None, sr=sr, image=loaded, region_map=plan.region_map,
+                        regions=[replace(r, zssr=z) for r, z in zip(regions, zssr)], timings=timings, size_lr=loaded.shape)
+        if loaded.alpha is not None:
+            result.alpha = _upscale_plane(loaded.alpha, plan.scale)
+        if ground_truth is not None:
+            from mkgan_engine.metrics import score
+
+            try:  # score refuses images of different sizes (the SR image's first)
+                metrics = score(sr, _as_loaded(ground_truth).rgb, plan.scale)
+                result.metrics = {k: round(v, 5) for k, v in metrics.items()}
+            except ValueError as error:
+                result.metrics_error = f"ground truth not scored: {error}"
+                log.warning("%s: %s", result.input, result.metrics_error)
+        return result
+
     def run(
         self,
         image: str | os.PathLike[str] | np.ndarray | LoadedImage,
@@ -250,43 +334,10 @@ class Engine:
         region_map: RegionMap | None = None,
         kernels: list[np.ndarray] | None = None,
     ) -> Result:
-        """Super-resolve one image. Raises on bad input (see :meth:`run_many` for a batch that
-        records failures instead). ``region_map``/``kernels`` skip the masking/estimation stages."""
-        self._timings: dict[str, float] = {}
-        with self._stage("read"):
-            loaded = _as_loaded(image)
-        result = Result(input=str(loaded.path) if loaded.path else None, image=loaded, timings=self._timings,
-                        size_lr=loaded.shape)
-        rgb = loaded.rgb
-        self.check_size(rgb)
-        if region_map is None:
-            with self._stage("mask"):
-                region_map = self.mask(rgb, loaded.path.stem if loaded.path else None)
-            self._timings.update(_model_timings(self.last_mask_timings))
-        if region_map.shape != rgb.shape[:2]:
-            raise InputError(f"region map is {region_map.shape}, image is {rgb.shape[:2]}")
-        result.region_map = region_map
-        if kernels is None:
-            with self._stage("kernels"):
-                result.regions = self.estimate_kernels(rgb, region_map)
-        else:
-            if len(kernels) != len(region_map):
-                raise InputError(f"{len(kernels)} kernels for {len(region_map)} regions")
-            result.regions = [RegionResult(r.label, r.name, "user", r.area_fraction, np.asarray(k, np.float32))
-                              for r, k in zip(region_map.regions, kernels)]
-        result.sr = self.super_resolve(rgb, region_map, [r.kernel for r in result.regions])
-        if loaded.alpha is not None:
-            result.alpha = _upscale_plane(loaded.alpha, self.config.scale)
-        if ground_truth is not None:
-            from mkgan_engine.metrics import score
-
-            try:  # score refuses images of different sizes (the SR image's first)
-                metrics = score(result.sr, _as_loaded(ground_truth).rgb, self.config.scale)
-                result.metrics = {k: round(v, 5) for k, v in metrics.items()}
-            except ValueError as error:
-                result.metrics_error = f"ground truth not scored: {error}"
-                log.warning("%s: %s", result.input, result.metrics_error)
-        return result
+        """Super-resolve one image: :meth:`prepare` then :meth:`finish`. Raises on bad input (see
+        :meth:`run_many` for a batch that records failures instead). ``region_map``/``kernels``
+        skip the masking/estimation stages."""
+        return self.finish(self.prepare(image, region_map), ground_truth, kernels)
 
     def run_many(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> Iterator[Result]:
         """Stream results for many files as they finish; failures are yielded, never raised.
@@ -297,21 +348,16 @@ class Engine:
 
     # ----------------------------------------------------------------------------- helpers
     @contextmanager
-    def _stage(self, name: str):
-        if self.on_stage is not None:
+    def _stage(self, name: str, timings: dict[str, float] | None, announce: bool = True):
+        """Announce a stage to ``on_stage`` and add its seconds to ``timings`` (when given)."""
+        if announce and self.on_stage is not None:
             self.on_stage(name)
         start = time.perf_counter()
         try:
             yield
         finally:
-            timings = getattr(self, "_timings", None)
             if timings is not None:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
-def _model_timings(timings: dict[str, float]) -> dict[str, float]:
-    """Masker per-model seconds (detector, sam_encoder, ...) as ``mask_<model>`` stage timings."""
-    return {f"mask_{k}": v for k, v in timings.items() if k != "total"}
 
 
 def _as_loaded(image: str | os.PathLike[str] | np.ndarray | LoadedImage) -> LoadedImage:

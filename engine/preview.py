@@ -1,4 +1,5 @@
-"""A preview picture per image: the input with its regions overlaid, beside each region's kernel."""
+"""A preview picture per image: the local blur map (when the masker made one), the input with its
+regions overlaid, and each region's kernel."""
 
 from __future__ import annotations
 
@@ -33,10 +34,24 @@ def kernel_tile(kernel: np.ndarray, size: int) -> np.ndarray:
     return heat.astype(np.float32) / 255
 
 
+def blur_heat_map(sigma: np.ndarray, top: float | None = None) -> np.ndarray:
+    """float32 HxW local kernel sigma (HR px) -> float32 HxWx3 RGB heat map (0 px blue ... ``top`` px
+    red; ``top`` defaults to max(2.5, the 99th percentile)), its scale written in the corner."""
+    top = float(top or max(2.5, np.percentile(sigma, 99)))
+    scaled = (np.clip(sigma / top, 0, 1) * 255).astype(np.uint8)
+    heat = cv2.applyColorMap(scaled, cv2.COLORMAP_JET)
+    cv2.putText(heat, f"sigma 0-{top:.1f} px", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return heat[..., ::-1].astype(np.float32) / 255
+
+
 def render_preview(result: Result) -> np.ndarray:
-    """uint8 BGR picture: LR input with regions | one kernel tile per region (top to bottom)."""
+    """uint8 BGR picture: [local blur map |] LR input with regions | one kernel tile per region (top to
+    bottom). The blur map is the masker's ``maps["blur_sigma"]`` (the "blur" masker)."""
     assert result.image is not None and result.region_map is not None
     left = overlay_regions(result.image.rgb, result.region_map.labels)
+    sigma = result.region_map.maps.get("blur_sigma")
+    if sigma is not None:
+        left = np.concatenate([blur_heat_map(sigma), np.ones((left.shape[0], 4, 3), np.float32), left], axis=1)
     h = left.shape[0]
     n = max(1, len(result.regions))
     tile = max(32, min(h // n - 4, 13 * 12))

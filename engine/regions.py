@@ -33,11 +33,16 @@ class RegionMap:
 
     fallback_reason: set when the masker's regions were merged into one (e.g. a region smaller
     than the minimum area for KernelGAN crops, or nothing detected); the report prints it.
+    timings: the masker's seconds per model ("detector", "sam_encoder", ..., "total"), empty when
+    it has none. maps: the masker's diagnostic maps at LR size for previews (e.g. "blur_sigma":
+    float32 HxW local blur in LR px), empty when it has none.
     """
 
     labels: np.ndarray
     regions: list[RegionInfo] = field(default_factory=list)
     fallback_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.ascontiguousarray(self.labels, dtype=np.int32)

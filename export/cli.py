@@ -1,9 +1,9 @@
 """``mkgan-engine export``: YOLOv8 / SAM -> ONNX, TensorRT engines, AOTInductor packages.
 
 Mounted on the main typer app by ``mkgan_engine.cli`` through :func:`register`; also usable alone
-(``python -m mkgan_engine.export.cli --help``). :func:`run_export` is the plain-function form (returns
-an exit code, prints errors as ``error: ...`` on stderr): 0 ok, 1 export failed, 2 bad usage.
-:func:`describe_engines` lists the artefacts of an engines dir (for ``mkgan-engine doctor``).
+(``python -m mkgan_engine.export.cli --help``). :func:`run_export` is the plain-function form (takes an
+:class:`~mkgan_engine.export.exporter.ExportOptions`, returns an exit code, prints errors as
+``error: ...`` on stderr): 0 ok, 1 export failed, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -15,45 +15,35 @@ from typing import Optional
 
 import typer
 
-from mkgan_engine.export.manifest import FORMATS, ManifestError, describe_engines
+from mkgan_engine.backends.manifest import FORMATS, ManifestError, describe_engines
+from mkgan_engine.cli_flags import with_flags
+from mkgan_engine.config import SAM_TYPES
+from mkgan_engine.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from mkgan_engine.export.exporter import ExportError, ExportOptions, export_models
 
-__all__ = ["app", "describe_engines", "export_command", "register", "run_export"]
+__all__ = ["app", "export_command", "register", "run_export"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 log = logging.getLogger(__name__)
+
+_DEFAULTS = ExportOptions()  # the CLI's defaults are the options' defaults
 
 
 def _error(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
 
 
-def run_export(
-    yolo_weights: Path | None,
-    sam_checkpoint: Path | None,
-    sam_type: str = "vit_b",
-    fmt: str = "onnx",
-    output: Path = Path("engines"),
-    half: bool = False,
-    imgsz: int = 640,
-    workspace: float = 4.0,
-    dynamic_batch: bool = False,
-    device: str = "cpu",
-    max_boxes: int = 64,
-) -> int:
+def run_export(options: ExportOptions) -> int:
     """Run the export and print a summary table; returns the exit code (never raises for user errors)."""
-    from mkgan_engine.export.exporter import ExportError, export_models
-
     try:
-        manifest = export_models(yolo_weights, sam_checkpoint, sam_type, fmt, output, half=half, imgsz=imgsz,
-                                 workspace_gb=workspace, dynamic_batch=dynamic_batch, device=device, max_boxes=max_boxes)
+        manifest = export_models(options)
     except (ValueError, FileNotFoundError) as e:  # bad options / files (nothing written)
-        _error(str(e))
+        _error(with_flags(str(e)))
         return EXIT_USAGE
     except (ImportError, ExportError, ManifestError, RuntimeError, OSError) as e:  # missing tool / failed step
-        _error(str(e))
+        _error(with_flags(str(e)))
         return EXIT_FAILED
-    _print_rows(describe_engines(output), f"exported to {output}")
+    _print_rows(describe_engines(options.out_dir), f"exported to {options.out_dir}")
     failed = [a for a in manifest.artefacts if a.parity is not None and not a.parity.passed]
     if failed:
         _error("parity check failed for " + ", ".join(f"{a.model}/{a.format}" for a in failed)
@@ -82,14 +72,14 @@ def _print_rows(rows: list[dict], title: str) -> None:
 def export_command(
     yolo_weights: Optional[Path] = typer.Option(None, "--yolo-weights", "--yolo", help="YOLOv8 detection weights (.pt, ultralytics)."),
     sam_checkpoint: Optional[Path] = typer.Option(None, "--sam-checkpoint", "--sam", help="SAM checkpoint (.pth state_dict)."),
-    sam_type: str = typer.Option("vit_b", "--sam-type", help="SAM variant of the checkpoint: vit_b|vit_l|vit_h."),
+    sam_type: str = typer.Option(_DEFAULTS.sam_type, "--sam-type", help=f"SAM variant of the checkpoint: {'|'.join(SAM_TYPES)}."),
     fmt: str = typer.Option("onnx", "--format", "-f", help=f"{'|'.join(FORMATS)}|all (comma-separated for several)."),
-    half: bool = typer.Option(False, "--half", help="fp16 TensorRT engines / CUDA AOTI packages (LayerNorm stays fp32)."),
-    imgsz: int = typer.Option(640, "--imgsz", help="Detector input size (multiple of 32)."),
-    workspace: float = typer.Option(4.0, "--workspace", help="TensorRT builder workspace in GB."),
-    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Dynamic batch dimension for the detector/encoder."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]: where AOTI packages run (engines always build on CUDA)."),
-    max_boxes: int = typer.Option(64, "--max-boxes", min=1, help="Largest box count of the decoder engine profile."),
+    half: bool = typer.Option(_DEFAULTS.half, "--half", help="fp16 TensorRT engines / CUDA AOTI packages (LayerNorm stays fp32)."),
+    imgsz: int = typer.Option(_DEFAULTS.imgsz, "--imgsz", help="Detector input size (multiple of 32)."),
+    workspace: float = typer.Option(_DEFAULTS.workspace_gb, "--workspace", help="TensorRT builder workspace in GB."),
+    dynamic_batch: bool = typer.Option(_DEFAULTS.dynamic_batch, "--dynamic-batch", help="Dynamic batch dimension for the detector/encoder."),
+    device: str = typer.Option(_DEFAULTS.device, "--device", help="cpu or cuda[:N]: where AOTI packages run (engines always build on CUDA)."),
+    max_boxes: int = typer.Option(_DEFAULTS.max_boxes, "--max-boxes", min=1, help="Largest box count of the decoder engine profile."),
     output: Path = typer.Option(..., "-o", "--output", help="Engines directory (manifest.json + model files)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
 ) -> None:
@@ -97,9 +87,10 @@ def export_command(
     # Only our own steps at INFO: the ONNX exporter's optimiser logs hundreds of INFO lines.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("mkgan_engine").setLevel(logging.INFO if verbose else logging.WARNING)
-    code = run_export(yolo_weights, sam_checkpoint, sam_type, fmt, output, half, imgsz, workspace, dynamic_batch, device,
-                      max_boxes)
-    raise typer.Exit(code)
+    options = ExportOptions(yolo_weights=yolo_weights, sam_checkpoint=sam_checkpoint, sam_type=sam_type, formats=fmt,
+                            out_dir=output, half=half, imgsz=imgsz, workspace_gb=workspace, dynamic_batch=dynamic_batch,
+                            device=device, max_boxes=max_boxes)
+    raise typer.Exit(run_export(options))
 
 
 def register(app: typer.Typer) -> None:

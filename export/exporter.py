@@ -1,10 +1,10 @@
 """One place that knows every export format: YOLOv8 and SAM (image encoder + box-prompt decoder) ->
 ONNX / TensorRT engine / AOTInductor package, with a manifest.
 
-    from mkgan_engine.export import export_models
-    manifest = export_models("yolov8n.pt", "sam_vit_b.pth", "vit_b", ["onnx"], Path("engines"))
+    from mkgan_engine.export import ExportOptions, export_models
+    manifest = export_models(ExportOptions("yolov8n.pt", "sam_vit_b.pth", "vit_b", ["onnx"], Path("engines")))
 
-Formats (``formats``; ``"all"`` = every one):
+Formats (``ExportOptions.formats``; ``"all"`` = every one):
 
 - ``onnx``: ``torch.onnx.export(..., dynamo=True)`` of the modules of
   :mod:`mkgan_engine.backends.torch_modules` (see :mod:`mkgan_engine.export.onnx_export`); always
@@ -37,12 +37,12 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from mkgan_engine.export.manifest import (
+from mkgan_engine.backends.manifest import (
     FORMATS,
     MANIFEST_NAME,
     MODELS,
@@ -56,6 +56,7 @@ from mkgan_engine.export.manifest import (
     tool_versions,
     write_manifest,
 )
+from mkgan_engine.config import SAM_TYPES, SamType
 
 if TYPE_CHECKING:  # torch is imported on use: importing this module stays cheap
     import torch
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 ArtefactFactory = Callable[..., Artefact]
 """``make(fmt, file, inputs, outputs, **fields)``: an :class:`Artefact` of the current job (see _export_job)."""
 
-__all__ = ["ExportError", "FORMATS", "export_models", "normalize_formats"]
+__all__ = ["ExportError", "ExportOptions", "export_models", "normalize_formats"]
 
 DEFAULT_MAX_BOXES = 64
 """Largest box count of the decoder's TensorRT profile / AOTI dynamic dim (more are chunked at run time)."""
@@ -92,7 +93,7 @@ def normalize_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
             elif f in FORMATS:
                 out.append(f)
             else:
-                raise ValueError(f"--format {f!r}: unknown export format; choose from {', '.join(FORMATS)} or all")
+                raise ValueError(f"formats {f!r}: unknown export format; choose from {', '.join(FORMATS)} or all")
     if not out:
         raise ValueError(f"no export format given; choose from {', '.join(FORMATS)} or all")
     return tuple(dict.fromkeys(out))
@@ -125,66 +126,83 @@ class _Job:
     parity_inputs: list[tuple] = field(default_factory=list)
 
 
-def export_models(
-    yolo_weights: Path | str | None,
-    sam_checkpoint: Path | str | None,
-    sam_type: str = "vit_b",
-    formats: str | Sequence[str] = ("onnx",),
-    out_dir: Path | str = "engines",
-    half: bool = False,
-    imgsz: int = 640,
-    workspace_gb: float = 4,
-    dynamic_batch: bool = False,
-    device: str = "cpu",
-    *,
-    opset: int | None = None,
-    max_boxes: int = DEFAULT_MAX_BOXES,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    check_parity: bool = True,
-    models: Sequence[str] | None = None,
-) -> Manifest:
-    """Export the given models to every requested format under ``out_dir``; returns the merged manifest.
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything ``mkgan-engine export`` can be asked for (checked by :func:`export_models`).
 
     yolo_weights: ultralytics YOLOv8 detection .pt (or None); sam_checkpoint: segment_anything
-    state_dict .pth of ``sam_type`` (or None) - at least one is needed. imgsz: detector input side
-    (multiple of 32). workspace_gb: TensorRT builder workspace. dynamic_batch: dynamic leading
-    dimension for the detector and encoder (1..max_batch). device: where ``aoti`` packages run and
-    TensorRT builds (cuda); ONNX export and parity references run on CPU. models: export only these
-    of yolo / sam_encoder / sam_decoder (default: every model whose weights are given).
-
-    Raises ValueError / FileNotFoundError for bad arguments, ImportError for missing tools
-    (TensorRT, onnx), ExportError when an export step fails; ``out_dir`` is unchanged on error.
+    state_dict .pth of ``sam_type`` (or None) - at least one is needed. formats: some of
+    :data:`FORMATS`, or "all", as a sequence or one comma-separated string. out_dir: the engines
+    directory (manifest.json + model files). half: fp16 TensorRT engines / CUDA AOTI packages.
+    imgsz: detector input side in pixels (multiple of 32). workspace_gb: TensorRT builder workspace
+    (GB). dynamic_batch: dynamic leading dimension for the detector and encoder (1..max_batch).
+    device: where ``aoti`` packages run and TensorRT builds (cuda); ONNX export and parity
+    references run on CPU. opset: ONNX opset (None = the exporter's default). max_boxes: largest box
+    count of the decoder's TensorRT profile / AOTI dynamic dim. check_parity: measure exported vs
+    eager torch and record it in the manifest. models: export only these of yolo / sam_encoder /
+    sam_decoder (None = every model whose weights are given).
     """
-    from mkgan_engine.backends.torch_modules import SAM_TYPES
 
-    fmts = normalize_formats(formats)
-    if sam_type not in SAM_TYPES:
-        raise ValueError(f"--sam-type {sam_type!r}: unknown SAM type; choose from {', '.join(SAM_TYPES)}")
-    yolo_path = _weights_path(yolo_weights, "--yolo-weights")
-    sam_path = _weights_path(sam_checkpoint, "--sam-checkpoint")
-    if yolo_path is None and sam_path is None:
-        raise ValueError("nothing to export: pass --yolo-weights and/or --sam-checkpoint")
-    wanted = tuple(models) if models else MODELS
-    for name in wanted:
+    yolo_weights: Path | str | None = None
+    sam_checkpoint: Path | str | None = None
+    sam_type: SamType = "vit_b"
+    formats: str | Sequence[str] = ("onnx",)
+    out_dir: Path | str = "engines"
+    half: bool = False
+    imgsz: int = 640
+    workspace_gb: float = 4.0
+    dynamic_batch: bool = False
+    device: str = "cpu"
+    opset: int | None = None
+    max_boxes: int = DEFAULT_MAX_BOXES
+    max_batch: int = DEFAULT_MAX_BATCH
+    check_parity: bool = True
+    models: Sequence[str] | None = None
+
+
+def _checked(options: ExportOptions) -> ExportOptions:
+    """``options`` with formats/models as tuples and out_dir a Path; ValueError on a bad value."""
+    fmts = normalize_formats(options.formats)
+    if options.sam_type not in SAM_TYPES:
+        raise ValueError(f"sam_type {options.sam_type!r}: unknown SAM type; choose from {', '.join(SAM_TYPES)}")
+    for name in options.models or ():
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-        weights = yolo_path if name == "yolo" else sam_path
-        if models and weights is None:
-            raise ValueError(f"{name} needs {'--yolo-weights' if name == 'yolo' else '--sam-checkpoint'}")
+    imgsz = options.imgsz
     if not isinstance(imgsz, int) or imgsz <= 0 or imgsz % 32:
-        raise ValueError(f"--imgsz {imgsz}: must be a positive multiple of 32 (YOLOv8's largest stride)")
-    if workspace_gb <= 0:
-        raise ValueError(f"--workspace {workspace_gb}: must be > 0 GB")
-    if max_boxes < 1 or max_batch < 1:
+        raise ValueError(f"imgsz {imgsz}: must be a positive multiple of 32 (YOLOv8's largest stride)")
+    if options.workspace_gb <= 0:
+        raise ValueError(f"workspace_gb {options.workspace_gb}: must be > 0 GB")
+    if options.max_boxes < 1 or options.max_batch < 1:
         raise ValueError("max_boxes and max_batch must be >= 1")
-    out = Path(out_dir).expanduser()
+    out = Path(options.out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"-o {out}: exists and is not a directory")
+    return replace(options, formats=fmts, out_dir=out, models=tuple(options.models) if options.models else None)
+
+
+def export_models(options: ExportOptions) -> Manifest:
+    """Export the models of ``options`` to every requested format under ``options.out_dir``;
+    returns the merged manifest (see :class:`ExportOptions` and the module docstring).
+
+    Raises ValueError / FileNotFoundError for bad options, ImportError for missing tools
+    (TensorRT, onnx), ExportError when an export step fails; ``out_dir`` is unchanged on error.
+    """
+    opts = _checked(options)
+    fmts, out = opts.formats, Path(opts.out_dir)
+    yolo_path = _weights_path(opts.yolo_weights, "yolo_weights")
+    sam_path = _weights_path(opts.sam_checkpoint, "sam_checkpoint")
+    if yolo_path is None and sam_path is None:
+        raise ValueError("nothing to export: give yolo_weights and/or sam_checkpoint")
+    wanted = opts.models or MODELS
+    for name in opts.models or ():
+        if (yolo_path if name == "yolo" else sam_path) is None:
+            raise ValueError(f"{name} needs {'yolo_weights' if name == 'yolo' else 'sam_checkpoint'}")
 
     # Tools, checked before anything is loaded or written.
     trt = None
     if "engine" in fmts:
-        from mkgan_engine.export.tensorrt_export import require_tensorrt
+        from mkgan_engine.backends.tensorrt_backend import require_tensorrt
 
         trt = require_tensorrt()  # TensorRTUnavailable (ImportError) with the install hint
     if "onnx" in fmts or "engine" in fmts:
@@ -198,7 +216,7 @@ def export_models(
 
     from mkgan_engine.device import resolve_device
 
-    dev = resolve_device(device)  # where AOTI packages run; ValueError when CUDA is asked for and missing
+    dev = resolve_device(opts.device)  # where AOTI packages run; ValueError when CUDA is asked for and missing
     trt_dev = dev  # TensorRT always builds on a CUDA device: --device's if it is one, else the default GPU
     if "engine" in fmts and dev.type != "cuda":
         if not torch.cuda.is_available():
@@ -206,11 +224,11 @@ def export_models(
         trt_dev = torch.device("cuda")
     if "engine" in fmts:
         log.info("building TensorRT engines on %s", torch.cuda.get_device_name(trt_dev))
-    if half and not ({"engine", "aoti"} & set(fmts)):
-        log.warning("--half only applies to TensorRT engines and CUDA AOTInductor packages; ONNX files are fp32")
+    if opts.half and not ({"engine", "aoti"} & set(fmts)):
+        log.warning("half only applies to TensorRT engines and CUDA AOTInductor packages; ONNX files are fp32")
 
     jobs = [j for j in _load_jobs(yolo_path if "yolo" in wanted else None, sam_path if {"sam_encoder", "sam_decoder"} & set(wanted)
-                                  else None, sam_type, imgsz) if j.model in wanted]
+                                  else None, opts.sam_type, opts.imgsz) if j.model in wanted]
 
     # From here on files are written, in a temporary sibling of out_dir.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,9 +236,7 @@ def export_models(
     try:
         artefacts: list[Artefact] = []
         for job in jobs:
-            artefacts += _export_job(job, fmts, tmp, dev=dev, trt_dev=trt_dev, trt=trt, half=half, imgsz=imgsz, workspace_gb=workspace_gb,
-                                     dynamic_batch=dynamic_batch, opset=opset, max_boxes=max_boxes, max_batch=max_batch,
-                                     check_parity=check_parity)
+            artefacts += _export_job(job, opts, tmp, dev=dev, trt_dev=trt_dev, trt=trt)
         return _publish(tmp, out, artefacts)
     except ExportError:
         raise
@@ -328,10 +344,9 @@ def _io_from_program(spec: IOSpec, program: torch.export.ExportedProgram) -> tup
     return inputs, outputs
 
 
-def _export_job(job: _Job, fmts: tuple[str, ...], tmp: Path, *, dev: torch.device, trt_dev: torch.device,
-                trt: ModuleType | None, half: bool, imgsz: int, workspace_gb: float, dynamic_batch: bool,
-                opset: int | None, max_boxes: int, max_batch: int, check_parity: bool) -> list[Artefact]:
-    """Every requested format of one model, written into ``tmp``; returns their artefacts (ONNX first).
+def _export_job(job: _Job, opts: ExportOptions, tmp: Path, *, dev: torch.device, trt_dev: torch.device,
+                trt: ModuleType | None) -> list[Artefact]:
+    """Every format of ``opts`` (checked) for one model, written into ``tmp``; returns their artefacts (ONNX first).
 
     dev: where AOTI packages run; trt_dev: the CUDA device TensorRT builds on; trt: the tensorrt
     module (None unless "engine" is requested).
@@ -339,22 +354,23 @@ def _export_job(job: _Job, fmts: tuple[str, ...], tmp: Path, *, dev: torch.devic
     from mkgan_engine.export.modules import example_inputs, io_spec, layernorms_as_onnx_op, torch_dynamic_shapes
     from mkgan_engine.export.onnx_export import DEFAULT_OPSET, export_onnx, read_io_specs
 
-    spec = io_spec(job.model, dynamic_batch)
-    if job.model == "yolo" and dynamic_batch:
+    fmts = opts.formats
+    spec = io_spec(job.model, opts.dynamic_batch)
+    if job.model == "yolo" and opts.dynamic_batch:
         head = job.module.model.model[-1]
         if hasattr(head, "dynamic"):
             head.dynamic = True  # anchors computed in the graph (a cached batch size would pin the batch dim)
-    dyn = torch_dynamic_shapes(job.model, spec, max_boxes, max_batch)
-    batch = 2 if (dynamic_batch and job.model != "sam_decoder") else 1
-    ex_args = example_inputs(job.model, imgsz, batch=batch, num_boxes=2)
-    if check_parity:
-        _prepare_references(job, imgsz)
+    dyn = torch_dynamic_shapes(job.model, spec, opts.max_boxes, opts.max_batch)
+    batch = 2 if (opts.dynamic_batch and job.model != "sam_decoder") else 1
+    ex_args = example_inputs(job.model, opts.imgsz, batch=batch, num_boxes=2)
+    if opts.check_parity:
+        _prepare_references(job, opts.imgsz)
     versions = tool_versions()
     extra = dict(job.extra)
     if job.model == "sam_decoder":
-        extra["max_boxes"] = max_boxes
-    if dynamic_batch and job.model != "sam_decoder":
-        extra["max_batch"] = max_batch
+        extra["max_boxes"] = opts.max_boxes
+    if opts.dynamic_batch and job.model != "sam_decoder":
+        extra["max_batch"] = opts.max_batch
 
     def artefact(fmt: str, file: str, inputs, outputs, **kw) -> Artefact:
         return Artefact(model=job.model, format=fmt, file=file, source=str(job.source), source_sha256=job.sha256,
@@ -367,17 +383,17 @@ def _export_job(job: _Job, fmts: tuple[str, ...], tmp: Path, *, dev: torch.devic
         log.info("%s -> ONNX (dynamo exporter)...", job.model)
         path = tmp / f"{job.model}.onnx"
         with layernorms_as_onnx_op(job.module) as swapped:
-            data_files, used_opset = export_onnx(job.module, ex_args, path, spec, dyn, opset or DEFAULT_OPSET)
+            data_files, used_opset = export_onnx(job.module, ex_args, path, spec, dyn, opts.opset or DEFAULT_OPSET)
         inputs, outputs = read_io_specs(path)
         onnx_art = artefact("onnx", path.name, inputs, outputs, precision="fp32", opset=used_opset, device="cpu",
                             data_files=data_files,
                             notes=("raw predictions before NMS (NMS runs in the shared numpy post-processing)"
                                    if job.model == "yolo" else
                                    f"{swapped} LayerNorm2d exported as LayerNormalization" if swapped else ""))
-        if check_parity:
-            from mkgan_engine.backends.onnxruntime_backend import _OrtModel
+        if opts.check_parity:
+            from mkgan_engine.backends.onnxruntime_backend import OnnxRuntimeModel
 
-            ort_model = _OrtModel(path, device="cpu")
+            ort_model = OnnxRuntimeModel(path, device="cpu")
             onnx_art.parity = _measure(job, ort_model.run, "fp32", f"onnxruntime {versions.get('onnxruntime')} "
                                        f"{ort_model.provider}")
             del ort_model
@@ -386,19 +402,15 @@ def _export_job(job: _Job, fmts: tuple[str, ...], tmp: Path, *, dev: torch.devic
         results.append(onnx_art)
 
     if "engine" in fmts:
-        results.append(_engine(job, onnx_art, tmp, trt=trt, dev=trt_dev, half=half, workspace_gb=workspace_gb, spec=spec,
-                               dyn=dyn, ex_args=ex_args, dynamic_batch=dynamic_batch, max_boxes=max_boxes,
-                               max_batch=max_batch, opset=opset, check_parity=check_parity, make=artefact))
+        results.append(_engine(job, onnx_art, tmp, opts, trt=trt, dev=trt_dev, spec=spec, dyn=dyn, ex_args=ex_args,
+                               make=artefact))
     if "aoti" in fmts:
-        results.append(_aoti(job, tmp, dev=dev, half=half, spec=spec, dyn=dyn, ex_args=ex_args,
-                             check_parity=check_parity, make=artefact))
+        results.append(_aoti(job, tmp, opts, dev=dev, spec=spec, dyn=dyn, ex_args=ex_args, make=artefact))
     return results
 
 
-def _engine(job: _Job, onnx_art: Artefact, tmp: Path, *, trt: ModuleType, dev: torch.device, half: bool,
-            workspace_gb: float, spec: IOSpec, dyn: tuple | None, ex_args: tuple[torch.Tensor, ...],
-            dynamic_batch: bool, max_boxes: int, max_batch: int, opset: int | None, check_parity: bool,
-            make: ArtefactFactory) -> Artefact:
+def _engine(job: _Job, onnx_art: Artefact, tmp: Path, opts: ExportOptions, *, trt: ModuleType, dev: torch.device,
+            spec: IOSpec, dyn: tuple | None, ex_args: tuple[torch.Tensor, ...], make: ArtefactFactory) -> Artefact:
     """TensorRT engine built from the job's ONNX file (or, for fp16 on TensorRT >= 11, from a
     mixed-precision ONNX export), with an optimisation profile for every dynamic input."""
     import torch
@@ -408,6 +420,7 @@ def _engine(job: _Job, onnx_art: Artefact, tmp: Path, *, trt: ModuleType, dev: t
     from mkgan_engine.export.tensorrt_export import build_engine, weak_typing_available
 
     t0 = time.perf_counter()
+    half, max_boxes, max_batch, workspace_gb = opts.half, opts.max_boxes, opts.max_batch, opts.workspace_gb
     profiles: dict[str, tuple] = {}
     shapes = {t.name: t.shape for t in onnx_art.inputs}
     for name, dims in spec.dynamic.items():
@@ -423,7 +436,7 @@ def _engine(job: _Job, onnx_art: Artefact, tmp: Path, *, trt: ModuleType, dev: t
         source = scratch / f"{job.model}.fp16.onnx"
         log.info("%s: TensorRT %s is strongly typed: exporting a mixed-precision ONNX (fp16, LayerNorm fp32)",
                  job.model, trt.__version__)
-        export_onnx(MixedPrecision(job.module, job.half_inputs), ex_args, source, spec, dyn, opset or DEFAULT_OPSET)
+        export_onnx(MixedPrecision(job.module, job.half_inputs), ex_args, source, spec, dyn, opts.opset or DEFAULT_OPSET)
     path = tmp / f"{job.model}.engine"
     log.info("%s -> TensorRT engine (%s)...", job.model, "fp16" if half else "fp32")
     with torch.cuda.device(dev):
@@ -433,26 +446,26 @@ def _engine(job: _Job, onnx_art: Artefact, tmp: Path, *, trt: ModuleType, dev: t
                opset=onnx_art.opset, device=str(dev), notes=result.detail)
     art.extra.update({"profile": result.profile, "built_from": onnx_art.file, "gpu": torch.cuda.get_device_name(dev),
                       "workspace_gb": workspace_gb})
-    if check_parity:
-        from mkgan_engine.backends.tensorrt_backend import _TrtModel
+    if opts.check_parity:
+        from mkgan_engine.backends.tensorrt_backend import TensorRTModel
 
-        engine_run = _TrtModel(path, device=str(dev), artefact=art).run
+        engine_run = TensorRTModel(path, device=str(dev), artefact=art).run
         art.parity = _measure(job, engine_run, result.precision, f"tensorrt {trt.__version__}")
         del engine_run  # release the engine before returning
     return _stamp(art, t0)
 
 
-def _aoti(job: _Job, tmp: Path, *, dev: torch.device, half: bool, spec: IOSpec, dyn: tuple | None,
-          ex_args: tuple[torch.Tensor, ...], check_parity: bool, make: ArtefactFactory) -> Artefact:
-    """``torch.export`` + AOTInductor ``.pt2`` package for ``dev`` (fp16 with LayerNorm fp32 when ``half`` on CUDA)."""
+def _aoti(job: _Job, tmp: Path, opts: ExportOptions, *, dev: torch.device, spec: IOSpec, dyn: tuple | None,
+          ex_args: tuple[torch.Tensor, ...], make: ArtefactFactory) -> Artefact:
+    """``torch.export`` + AOTInductor ``.pt2`` package for ``dev`` (fp16 with LayerNorm fp32 when ``opts.half`` on CUDA)."""
     import torch
 
     from mkgan_engine.export.modules import MixedPrecision
 
     t0 = time.perf_counter()
-    use_half = bool(half and dev.type == "cuda")
-    if half and not use_half:
-        log.warning("%s: --half is ignored for CPU AOTInductor packages (compiled in fp32)", job.model)
+    use_half = bool(opts.half and dev.type == "cuda")
+    if opts.half and not use_half:
+        log.warning("%s: half is ignored for CPU AOTInductor packages (compiled in fp32)", job.model)
     module = MixedPrecision(job.module, job.half_inputs) if use_half else job.module
     path = tmp / f"{job.model}.pt2"
     log.info("%s -> AOTInductor package for %s (torch.export + C++%s compile; minutes on CPU)...", job.model, dev.type,
@@ -468,10 +481,10 @@ def _aoti(job: _Job, tmp: Path, *, dev: torch.device, half: bool, spec: IOSpec, 
     inputs, outputs = _io_from_program(spec, program)
     art = make("aoti", path.name, inputs, outputs, precision="fp16" if use_half else "fp32", opset=None,
                device=dev.type, notes="fp16 weights/activations, LayerNorm fp32, fp32 I/O" if use_half else "")
-    if check_parity:
-        from mkgan_engine.backends.aoti_backend import _AotiModel
+    if opts.check_parity:
+        from mkgan_engine.backends.aoti_backend import AotiModel
 
-        package_run = _AotiModel(path, device=str(dev), artefact=art).run
+        package_run = AotiModel(path, device=str(dev), artefact=art).run
         art.parity = _measure(job, package_run, art.precision, f"aoti torch {torch.__version__} {dev.type}")
         del package_run
     return _stamp(art, t0)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mkgan_engine.backends.base import SAM_EMBED_SIZE, SAM_IMAGE_SIZE
+
 __all__ = ["BATCH_DIM", "SPECS", "IOSpec", "MixedPrecision", "example_inputs", "io_spec", "layernorms_as_onnx_op",
            "torch_dynamic_shapes"]
 
@@ -65,9 +67,9 @@ def example_inputs(model: str, imgsz: int = 640, *, batch: int = 1, num_boxes: i
     if model == "yolo":
         out: tuple[torch.Tensor, ...] = (torch.rand(batch, 3, imgsz, imgsz, generator=g),)
     elif model == "sam_encoder":
-        out = (torch.randn(batch, 3, 1024, 1024, generator=g),)
+        out = (torch.randn(batch, 3, SAM_IMAGE_SIZE, SAM_IMAGE_SIZE, generator=g),)
     elif model == "sam_decoder":
-        emb = torch.randn(1, 256, 64, 64, generator=g)
+        emb = torch.randn(1, 256, SAM_EMBED_SIZE, SAM_EMBED_SIZE, generator=g)
         base = torch.tensor([[120.0, 160.0, 610.0, 700.0], [20.0, 30.0, 1000.0, 900.0], [400.0, 380.0, 530.0, 560.0],
                              [0.0, 0.0, 1023.0, 1023.0]])
         reps = -(-num_boxes // len(base))

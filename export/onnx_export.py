@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mkgan_engine.export.manifest import TensorSpec
+from mkgan_engine.backends.manifest import TensorSpec
 from mkgan_engine.export.modules import IOSpec
 
 log = logging.getLogger(__name__)

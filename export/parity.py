@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mkgan_engine.export.manifest import Parity
+from mkgan_engine.backends.manifest import Parity
 
 __all__ = ["TOLERANCES", "detector_parity", "decoder_parity", "encoder_parity", "mask_iou"]
 

@@ -1,6 +1,8 @@
 """ONNX -> TensorRT engine (serialized plan) with the TensorRT Python API.
 
-``import tensorrt`` happens only inside these functions: the rest of mkgan-engine never needs it.
+``import tensorrt`` happens only inside these functions (through
+:func:`mkgan_engine.backends.tensorrt_backend.require_tensorrt`, shared with the runtime backend):
+the rest of mkgan-engine never needs it.
 Written against the documented API of TensorRT 10.x and 11.x (and 8.6, which still needs the
 EXPLICIT_BATCH network flag):
 
@@ -33,22 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from mkgan_engine.backends.tensorrt_backend import make_logger, require_tensorrt
+
 log = logging.getLogger(__name__)
-
-TENSORRT_MISSING = "TensorRT is not installed: pip install mkgan-engine[gpu] on an NVIDIA machine"
-
-
-class TensorRTUnavailable(ImportError):
-    """TensorRT (or a CUDA device for it) is not available here."""
-
-
-def require_tensorrt() -> ModuleType:
-    """``import tensorrt`` or raise :class:`TensorRTUnavailable` with the install hint."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415 - optional dependency, imported on use only
-    except ImportError as e:
-        raise TensorRTUnavailable(TENSORRT_MISSING) from e
-    return trt
 
 
 def trt_major(trt: ModuleType) -> int:
@@ -69,26 +58,6 @@ class BuildResult:
     detail: str
     fp32_layers: int = 0
     profile: dict[str, list[list[int]]] = field(default_factory=dict)
-
-
-def make_logger(trt: ModuleType, verbose: bool = False):
-    """A ``trt.ILogger`` forwarding to Python logging; ``.errors`` collects error messages."""
-
-    class Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg) -> None:  # TensorRT callback
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(str(msg))
-                log.error("TensorRT: %s", msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                log.warning("TensorRT: %s", msg)
-            elif verbose:
-                log.info("TensorRT: %s", msg)
-
-    return Logger()
 
 
 def build_engine(
@@ -160,7 +129,7 @@ def build_engine(
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name}: "
                            + ("; ".join(logger.errors[-3:]) or "see the TensorRT log")
-                           + f" (workspace {workspace_gb} GB; raise it with --workspace)")
+                           + f" (workspace {workspace_gb} GB; raise workspace_gb)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     with open(engine_path, "wb") as f:
         f.write(plan)  # IHostMemory exposes the buffer protocol

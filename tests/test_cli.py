@@ -86,16 +86,16 @@ def test_interrupt_then_resume(tmp_path, monkeypatch):
     for name in ("a", "b", "c"):
         shutil.copy(SAMPLES / "set5_bird.png", inputs / f"{name}.png")
     out = tmp_path / "out"
-    real_run = Engine.run
+    real_finish = Engine.finish  # the batch's training stage (after the prefetched read and mask)
     calls = []
 
-    def interrupted_run(self, image, *args, **kwargs):
-        calls.append(image)
+    def interrupted_finish(self, prepared, *args, **kwargs):
+        calls.append(prepared)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run(self, image, *args, **kwargs)
+        return real_finish(self, prepared, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "run", interrupted_run)
+    monkeypatch.setattr(Engine, "finish", interrupted_finish)
     result = invoke("sr", inputs, "-o", out, "--masker", "none", *QUICK)
     assert result.exit_code == 130
     report = json.loads((out / "report.json").read_text())
@@ -103,8 +103,16 @@ def test_interrupt_then_resume(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.glob("*_x2.png")) == ["a_x2.png"]
     assert not list(out.glob(".*.tmp"))
 
-    monkeypatch.setattr(Engine, "run", real_run)
+    monkeypatch.setattr(Engine, "finish", real_finish)
     result = invoke("sr", inputs, "-o", out, "--masker", "none", "--skip-existing", *QUICK)
     assert result.exit_code == 0
     report = json.loads((out / "report.json").read_text())
     assert [e["status"] for e in report["images"]] == ["skipped", "ok", "ok"]
+
+
+def test_library_errors_name_settings_and_the_cli_names_flags():
+    from mkgan_engine.cli_flags import with_flags
+
+    assert with_flags("sam_checkpoint x.pth does not match sam_type vit_b") == "--sam-checkpoint x.pth does not match --sam-type vit_b"
+    assert with_flags("backend tensorrt needs a CUDA device (got device 'cpu')") == "--backend tensorrt needs a CUDA device (got device 'cpu')"
+    assert with_flags("engines_dir /x: directory not found") == "--engines /x: directory not found"

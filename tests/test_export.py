@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from mkgan_engine.config import MaskerConfig
-from mkgan_engine.export.manifest import (
+from mkgan_engine.backends.manifest import (
     MANIFEST_NAME,
     Artefact,
     Manifest,
@@ -73,10 +73,10 @@ def onnx_dir(tmp_path_factory, weights) -> Path:
     """All three models exported to ONNX once (the heavy step of this module)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from mkgan_engine.export.exporter import export_models
+    from mkgan_engine.export.exporter import ExportOptions, export_models
 
     out = tmp_path_factory.mktemp("engines") / "onnx"
-    export_models(weights["yolo"], weights["sam"], "vit_b", ["onnx"], out)
+    export_models(ExportOptions(weights["yolo"], weights["sam"], "vit_b", ["onnx"], out))
     return out
 
 
@@ -196,11 +196,14 @@ def test_load_backends_onnxruntime(onnx_dir, weights):
     assert {det.provider, enc.provider, dec.provider} == {"CPUExecutionProvider"}
     det2, _, _ = load_backends(MaskerConfig(name="sam", backend="onnxruntime", engines_dir=onnx_dir))
     assert det2 is None
+    assert load_backends(cfg, detector=False)[0] is None  # the caller brings its own detector
 
     from mkgan_engine.maskers.yolo_sam import YoloSamMasker
 
     masker = YoloSamMasker(MaskerConfig(name="yolo-sam", backend="onnxruntime", engines_dir=onnx_dir))
     assert set(masker.backend_names.values()) == {"onnxruntime"}
+    injected = YoloSamMasker(MaskerConfig(name="yolo-sam", backend="onnxruntime", engines_dir=onnx_dir), detector=det)
+    assert injected.detector is det and injected.encoder.name == "onnxruntime"
 
 
 def test_runtime_does_not_import_ultralytics_or_segment_anything(onnx_dir):
@@ -221,10 +224,32 @@ print("ok")
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
 
 
+def test_runtime_does_not_import_export():
+    """The manifest is the runtime's contract: every engine module (backends, maskers, doctor, ...) imports
+    without mkgan_engine.export; only the CLI, which mounts ``mkgan-engine export``, loads it."""
+    code = """
+import importlib, pkgutil, sys
+import mkgan_engine, mkgan_engine.backends, mkgan_engine.maskers
+names = [m.name for pkg in (mkgan_engine, mkgan_engine.backends, mkgan_engine.maskers)
+         for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")]
+names = [n for n in names if n not in ("mkgan_engine.cli", "mkgan_engine.export", "mkgan_engine.train", "mkgan_engine.cpp_ext")]
+assert "mkgan_engine.backends.manifest" in names and "mkgan_engine.maskers.yolo_sam" in names, names
+for name in names:
+    importlib.import_module(name)
+bad = sorted(k for k in sys.modules if k.startswith("mkgan_engine.export"))
+assert not bad, bad
+print("ok", len(names))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                       check=False)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
 def test_loader_errors_are_clear(tmp_path, onnx_dir):
     from mkgan_engine.backends.loader import load_backends
 
-    with pytest.raises(ValueError, match="pass --engines DIR"):
+    with pytest.raises(ValueError, match="pass engines_dir"):
         load_backends(MaskerConfig(backend="onnxruntime"))
     with pytest.raises(FileNotFoundError, match="directory not found"):
         load_backends(MaskerConfig(backend="onnxruntime", engines_dir=tmp_path / "nope"))
@@ -298,33 +323,33 @@ def _leftovers(parent: Path) -> list[Path]:
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_missing_tensorrt_clear_error_nothing_written(tmp_path, weights, capsys):
     from mkgan_engine.export.cli import run_export
-    from mkgan_engine.export.exporter import export_models
+    from mkgan_engine.export.exporter import ExportOptions, export_models
 
     out = tmp_path / "engines"
     with pytest.raises(ImportError, match=r"TensorRT is not installed: pip install mkgan-engine\[gpu\] on an NVIDIA machine"):
-        export_models(weights["yolo"], weights["sam"], "vit_b", ["onnx", "engine"], out)
+        export_models(ExportOptions(weights["yolo"], weights["sam"], "vit_b", ["onnx", "engine"], out))
     assert not out.exists() and _leftovers(tmp_path) == []
-    assert run_export(weights["yolo"], None, "vit_b", "all", out) == 1
+    assert run_export(ExportOptions(weights["yolo"], None, "vit_b", "all", out)) == 1
     assert "TensorRT is not installed" in capsys.readouterr().err
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
 def test_unknown_sam_type_and_format(tmp_path, weights, capsys):
     from mkgan_engine.export.cli import run_export
-    from mkgan_engine.export.exporter import export_models
+    from mkgan_engine.export.exporter import ExportOptions, export_models
 
     out = tmp_path / "engines"
-    with pytest.raises(ValueError, match=r"--sam-type 'vit_x': unknown SAM type; choose from vit_b, vit_l, vit_h"):
-        export_models(None, weights["sam"], "vit_x", ["onnx"], out)
-    with pytest.raises(ValueError, match=r"--format 'tflite': unknown export format"):
-        export_models(weights["yolo"], None, "vit_b", ["tflite"], out)
+    with pytest.raises(ValueError, match=r"sam_type 'vit_x': unknown SAM type; choose from vit_b, vit_l, vit_h"):
+        export_models(ExportOptions(None, weights["sam"], "vit_x", ["onnx"], out))
+    with pytest.raises(ValueError, match=r"formats 'tflite': unknown export format"):
+        export_models(ExportOptions(weights["yolo"], None, "vit_b", ["tflite"], out))
     with pytest.raises(ValueError, match="nothing to export"):
-        export_models(None, None, "vit_b", ["onnx"], out)
-    with pytest.raises(FileNotFoundError, match="--yolo-weights .*missing.pt: file not found"):
-        export_models(tmp_path / "missing.pt", None, "vit_b", ["onnx"], out)
+        export_models(ExportOptions(None, None, "vit_b", ["onnx"], out))
+    with pytest.raises(FileNotFoundError, match="yolo_weights .*missing.pt: file not found"):
+        export_models(ExportOptions(tmp_path / "missing.pt", None, "vit_b", ["onnx"], out))
     with pytest.raises(ValueError, match="multiple of 32"):
-        export_models(weights["yolo"], None, "vit_b", ["onnx"], out, imgsz=650)
-    assert run_export(None, weights["sam"], "vit_x", "onnx", out) == 2
+        export_models(ExportOptions(weights["yolo"], None, "vit_b", ["onnx"], out, imgsz=650))
+    assert run_export(ExportOptions(None, weights["sam"], "vit_x", "onnx", out)) == 2
     assert "unknown SAM type" in capsys.readouterr().err
     assert not out.exists() and _leftovers(tmp_path) == []
 
@@ -343,7 +368,7 @@ def test_failed_export_leaves_output_untouched(tmp_path, weights, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "export_onnx", broken)
     with pytest.raises(exporter.ExportError, match="simulated failure.*nothing was written"):
-        exporter.export_models(weights["yolo"], None, "vit_b", ["onnx"], out)
+        exporter.export_models(exporter.ExportOptions(weights["yolo"], None, "vit_b", ["onnx"], out))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and _leftovers(tmp_path) == []
 
 
@@ -406,9 +431,9 @@ def test_aoti_decoder_cpu_dynamic_boxes_and_chunking(tmp_path, weights, torch_mo
     """The decoder package with a dynamic box count (1..2 here) on CPU (~50 s of C++ compile on a loaded
     CPU core); 3 boxes exceed the maximum and are run in chunks by the backend."""
     from mkgan_engine.backends.aoti_backend import AotiSamDecoder
-    from mkgan_engine.export.exporter import export_models
+    from mkgan_engine.export.exporter import ExportOptions, export_models
 
-    m = export_models(None, weights["sam"], "vit_b", ["aoti"], tmp_path, max_boxes=2, models=["sam_decoder"])
+    m = export_models(ExportOptions(None, weights["sam"], "vit_b", ["aoti"], tmp_path, max_boxes=2, models=["sam_decoder"]))
     assert [a.model for a in m.artefacts] == ["sam_decoder"]
     art = m.get("sam_decoder", "aoti")
     assert art.parity.passed and art.inputs[1].shape == ["num_boxes", 4], art
@@ -425,9 +450,9 @@ def test_aoti_decoder_cpu_dynamic_boxes_and_chunking(tmp_path, weights, torch_mo
 @pytest.mark.gpu
 def test_aoti_all_models_cuda(tmp_path, weights):
     from mkgan_engine.backends.loader import load_backends
-    from mkgan_engine.export.exporter import export_models
+    from mkgan_engine.export.exporter import ExportOptions, export_models
 
-    m = export_models(weights["yolo"], weights["sam"], "vit_b", ["aoti"], tmp_path, device="cuda", half=True)
+    m = export_models(ExportOptions(weights["yolo"], weights["sam"], "vit_b", ["aoti"], tmp_path, device="cuda", half=True))
     assert all(a.parity.passed for a in m.artefacts), [a.parity for a in m.artefacts]
     det, enc, dec = load_backends(MaskerConfig(backend="aoti", engines_dir=tmp_path, device="cuda"))
     masks, iou = dec(enc(np.zeros((1, 3, 1024, 1024), np.float32)), np.zeros((70, 4), np.float32) + [0, 0, 500, 500])
@@ -439,9 +464,9 @@ def test_aoti_all_models_cuda(tmp_path, weights):
 @pytest.mark.parametrize("half", [False, True])
 def test_tensorrt_engines(tmp_path, weights, half):
     from mkgan_engine.backends.loader import load_backends
-    from mkgan_engine.export.exporter import export_models
+    from mkgan_engine.export.exporter import ExportOptions, export_models
 
-    m = export_models(weights["yolo"], weights["sam"], "vit_b", ["engine"], tmp_path, half=half, workspace_gb=4)
+    m = export_models(ExportOptions(weights["yolo"], weights["sam"], "vit_b", ["engine"], tmp_path, half=half, workspace_gb=4))
     engines = [a for a in m.artefacts if a.format == "engine"]
     assert len(engines) == 3 and all(a.parity.passed for a in engines), [a.parity for a in engines]
     assert all(a.precision == ("fp16" if half else "fp32") for a in engines)

@@ -73,7 +73,9 @@ def test_registry_builds_the_classical_maskers(load_photo):
         assert isinstance(masker, cls) and masker.name == name
         rmap = masker(image)
         assert isinstance(rmap, RegionMap) and rmap.shape == image.shape[:2]
-    assert isinstance(build_masker(MaskerConfig()), WholeImageMasker)  # "auto" without weights: one kernel
+    from mkgan_engine.maskers.blur import BlurMasker
+
+    assert isinstance(build_masker(MaskerConfig()), BlurMasker)  # "auto" without weights: regions that follow the blur
 
 
 def test_whole_image_masker_is_one_region(load_photo):
@@ -198,3 +200,21 @@ def test_remove_small_islands_and_bad_inputs():
         finalize(np.full((8, 8), -1), MaskerConfig(), "test")
     with pytest.raises(ValueError):
         finalize(np.zeros((8, 8), np.float32), MaskerConfig(), "test")
+
+
+def test_masker_grey_is_the_packages_luma_in_0_255():
+    """The maskers' grey is imageio.luma * 255, float32, bit for bit the arithmetic they were tuned
+    on (BT.601 weights applied in float32, R then G then B)."""
+    from mkgan_engine.imageio import luma
+    from mkgan_engine.maskers.classical import _grey
+
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 80, 3), dtype=np.float32)
+    grey = _grey(image)
+    assert grey.dtype == np.float32 and grey.flags.c_contiguous
+    expected = (image[..., 0] * np.float32(0.299) + image[..., 1] * np.float32(0.587)
+                + image[..., 2] * np.float32(0.114)) * np.float32(255.0)
+    assert np.array_equal(grey, expected)
+    assert np.array_equal(grey, luma(image) * np.float32(255.0))
+    with pytest.raises(ValueError, match="x3 RGB"):
+        luma(image[..., :2])

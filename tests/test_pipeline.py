@@ -39,6 +39,7 @@ def test_run_with_two_regions(load_photo):
     assert [r.label for r in result.regions] == [0, 1]
     for region in result.regions:
         assert region.kernel.shape == (13, 13) and abs(region.kernel.sum() - 1) < 1e-4
+        assert 0 < region.zssr["iterations"] <= QUICK_ZSSR.iterations and region.zssr["final_lr"] > 0  # per-member ZSSR
     assert {"kernels", "zssr", "merge"} <= set(result.timings)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mkgan_engine.train import rng, sampler
+from mkgan_engine.train.crop_fit import MIN_INSIDE
 from mkgan_engine.train.masked_crop import gather_crops
 
 
@@ -33,7 +34,7 @@ def test_crops_stay_inside_a_small_region(load_photo):
     g_map, d_map = sampler.region_crop_maps(image, mask, 64, 26)
     for crop_map in (g_map, d_map):
         assert crop_map.note is None
-        assert crop_map.min_coverage >= sampler.MIN_COVERAGE
+        assert crop_map.min_coverage >= MIN_INSIDE
         assert np.isclose(crop_map.prob.sum(), 1.0) and crop_map.prob[~mask].sum() == 0
         mask_crops, centres = _draw(image, mask, crop_map, 3000)
         assert mask[centres[:, 0], centres[:, 1]].all(), "a crop centre left the region"
@@ -103,3 +104,20 @@ def test_members_of_different_sizes_never_draw_padding(load_photo):
         h, w = im.shape[:2]
         assert centres[m, :, 0].min() >= 32 and centres[m, :, 0].max() <= h - 32
         assert centres[m, :, 1].min() >= 32 and centres[m, :, 1].max() <= w - 32
+
+
+def test_grey_is_the_packages_luma_for_every_channel_layout(load_photo):
+    """sampler.to_grey (the raw-array entry of the crop maps and KENet): float64 luma of RGB with the
+    package's BT.601 weights, alpha ignored, grey passed through."""
+    from mkgan_engine.imageio import LUMA_WEIGHTS, luma
+
+    rgb = load_photo("set5/bird.png")
+    grey = sampler.to_grey(rgb)
+    assert grey.dtype == np.float64 and grey.shape == rgb.shape[:2]
+    assert np.array_equal(grey, rgb.astype(np.float64) @ np.array(LUMA_WEIGHTS))
+    assert np.abs(grey - luma(rgb)).max() < 1e-6  # the maskers' float32 luma
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 0.25, np.float32)], axis=2)
+    assert np.array_equal(sampler.to_grey(rgba), grey)
+    assert np.array_equal(sampler.to_grey(grey), grey)
+    assert np.array_equal(sampler.to_grey(grey[..., None]), grey)
+    assert np.array_equal(sampler.to_grey(np.stack([grey, grey * 0], axis=2)), grey)  # grey + alpha

@@ -64,7 +64,7 @@ def test_16bit_masks(tmp_path):
     assert rmap.label_ids == [0, 1] and cv2.imread(str(tmp_path / "a.png"), -1).dtype == np.uint16
     lab = np.zeros((H, W), np.uint16)
     lab[:, :100] = 1000
-    lab[:, 150:] = 40000
+    lab[:, 170:] = 40000  # the background strip between is 70 px wide: room for a 64-px crop
     write(tmp_path / "b.png", lab)
     rmap = load_user_mask(tmp_path, "b", (H, W), CFG)
     assert rmap.label_ids == [0, 1000, 40000]

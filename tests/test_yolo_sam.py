@@ -291,7 +291,7 @@ def test_yolo_sam_one_decoder_call_and_exact_union(monkeypatch):
     assert not obj[rect_mask(shape, known[2])].any()
     assert all(r.source == "yolo-sam" for r in rm.regions)
     assert rm.regions[[r.label for r in rm.regions].index(1)].score == pytest.approx(0.95)
-    assert set(masker.last_timings) >= {"detector", "sam_encoder", "sam_decoder", "postprocess", "total"}
+    assert set(rm.timings) >= {"detector", "sam_encoder", "sam_decoder", "postprocess", "total"}
 
 
 def test_sam_masker_central_box_with_doubles():
@@ -353,7 +353,7 @@ def test_yolo_sam_full_torch_path_random_sam_vit_b(sam_vit_b):
     assert len(spy.calls) == 1 and spy.calls[0].shape == (2, 4)
     assert masker.last_masks.shape == (2, *shape)
     assert rm.labels.shape == shape
-    t = masker.last_timings
+    t = rm.timings
     print(f"\nrandom SAM vit_b, {shape[1]}x{shape[0]} LR, CPU: encoder {t['sam_encoder']:.2f}s, "
           f"decoder (2 boxes) {t['sam_decoder']:.2f}s")
 
@@ -377,11 +377,11 @@ def test_end_to_end_random_weights_on_photo_falls_back(weights, load_photo):
     assert rm.labels.shape == lr.shape[:2] and len(rm) == 1 and not rm.labels.any()
     assert rm.fallback_reason == "no objects detected (confidence >= 0.5)"
     assert rm.regions[0].source == "yolo-sam"
-    assert "detector" in masker.last_timings and "sam_encoder" not in masker.last_timings
+    assert "detector" in rm.timings and "sam_encoder" not in rm.timings
     # the raw output is the documented layout
     raw = masker.detector(letterbox(lr, masker.detector.input_size).batch)
     assert raw.shape == (1, 84, 8400) and raw.dtype == np.float32
-    print(f"\nrandom YOLOv8n on {lr.shape[1]}x{lr.shape[0]}, CPU: detector {masker.last_timings['detector']:.2f}s")
+    print(f"\nrandom YOLOv8n on {lr.shape[1]}x{lr.shape[0]}, CPU: detector {rm.timings['detector']:.2f}s")
     # SAM alone through the registry: SAM only, no detector loaded
     sam_only = build_masker(MaskerConfig(name="sam", sam_checkpoint=sam_pth, device="cpu"))
     assert sam_only.name == "sam" and sam_only.detector is None
@@ -393,27 +393,27 @@ def test_missing_or_wrong_weights_name_the_option(tmp_path, weights):
     from mkgan_engine.maskers.yolo_sam import YoloSamMasker
 
     yolo_pt, sam_pth = weights
-    with pytest.raises(ValueError, match="--yolo-weights"):
+    with pytest.raises(ValueError, match="yolo_weights"):
         load_yolo(None)
-    with pytest.raises(FileNotFoundError, match="--yolo-weights"):
+    with pytest.raises(FileNotFoundError, match="yolo_weights"):
         load_yolo(tmp_path / "nope.pt")
-    with pytest.raises(ValueError, match="--yolo-weights"):
+    with pytest.raises(ValueError, match="yolo_weights"):
         load_yolo(sam_pth)  # a .pth is not an ultralytics checkpoint
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="--yolo-weights"):
+    with pytest.raises(ValueError, match="yolo_weights"):
         load_yolo(bad)
-    with pytest.raises(ValueError, match="--sam-type.*vit_b, vit_l, vit_h"):
+    with pytest.raises(ValueError, match="sam_type.*vit_b, vit_l, vit_h"):
         load_sam(sam_pth, "vit_x")
-    with pytest.raises(FileNotFoundError, match="--sam-checkpoint"):
+    with pytest.raises(FileNotFoundError, match="sam_checkpoint"):
         load_sam(tmp_path / "nope.pth", "vit_b")
-    with pytest.raises(ValueError, match="--sam-checkpoint"):
+    with pytest.raises(ValueError, match="sam_checkpoint"):
         load_sam(None, "vit_b")
     torch.save({"image_encoder.foo": torch.zeros(1)}, tmp_path / "wrong.pth")
-    with pytest.raises(ValueError, match="--sam-checkpoint.*--sam-type vit_b"):
+    with pytest.raises(ValueError, match="sam_checkpoint.*sam_type vit_b"):
         load_sam(tmp_path / "wrong.pth", "vit_b")
     # through the masker (what the CLI builds)
-    with pytest.raises(FileNotFoundError, match="--yolo-weights"):
+    with pytest.raises(FileNotFoundError, match="yolo_weights"):
         YoloSamMasker(MaskerConfig(name="yolo-sam", yolo_weights=tmp_path / "missing.pt", sam_checkpoint=sam_pth))
-    with pytest.raises(ValueError, match="--yolo-weights"):
+    with pytest.raises(ValueError, match="yolo_weights"):
         YoloSamMasker(MaskerConfig(name="yolo-sam", sam_checkpoint=sam_pth))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import rng
+from .members import take
 
 _EPS = 1e-12
 
@@ -154,9 +155,8 @@ class BatchedDiscriminator:
 
     def select(self, index: torch.Tensor) -> "BatchedDiscriminator":
         """Keep only the members at ``index`` (int64 (M',))."""
-        flat = self.flat.detach()[index].clone().requires_grad_(True)
-        vectors = {k: v[index].clone() for k, v in self.vectors.items()}
-        return BatchedDiscriminator(flat, vectors, self.layout, self.config)
+        flat = take(self.flat.detach(), index).requires_grad_(True)
+        return BatchedDiscriminator(flat, take(self.vectors, index), self.layout, self.config)
 
     @torch.no_grad()
     def reinit_member(self, member: int, seed: int) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from . import rng
 from .config import KERNEL_MODELS, KernelGANConfig
 from .kernel import sf_center
+from .members import take
 
 
 def receptive_field(kernel_sizes: Sequence[int]) -> int:
@@ -165,7 +166,7 @@ class BatchedGenerator:
 
     def select(self, index: torch.Tensor) -> "BatchedGenerator":
         """Keep only the members at ``index`` (int64 (M',))."""
-        flat = self.flat.detach()[index].clone().requires_grad_(True)
+        flat = take(self.flat.detach(), index).requires_grad_(True)
         return BatchedGenerator(flat, self.kernel_sizes, self.channels, self.stride)
 
     @torch.no_grad()
@@ -248,7 +249,7 @@ class GaussianGenerator:
 
     def select(self, index: torch.Tensor) -> "GaussianGenerator":
         """Keep only the members at ``index`` (int64 (M',))."""
-        flat = self.flat.detach()[index].clone().requires_grad_(True)
+        flat = take(self.flat.detach(), index).requires_grad_(True)
         return GaussianGenerator(flat, self.kernel_size, self.min_sigma, self.stride)
 
     @torch.no_grad()

@@ -271,6 +271,22 @@ def _undo_dihedral(kernels: torch.Tensor, index: int) -> torch.Tensor:
     return kernels
 
 
+SMALL_WINDOWS = (48, 32)
+"""Window sides tried, in order, for a region that holds no trained-size window (the network pools
+globally; on 32-px windows its moments are as unbiased and ~1.7x noisier, docs/blur-masker.md)."""
+
+
+def region_window(mask: np.ndarray, window: int) -> int:
+    """The largest of ``window`` and :data:`SMALL_WINDOWS` that the region holds by the crop-fit rule
+    (:func:`~mkgan_engine.train.crop_fit.holds_crop`); the smallest when none fits."""
+    from .crop_fit import holds_crop
+
+    for side in (window, *SMALL_WINDOWS):
+        if holds_crop(np.asarray(mask, bool), side):
+            return side
+    return SMALL_WINDOWS[-1]
+
+
 def window_centres(
     grey: np.ndarray, mask: np.ndarray | None, window: int, config: KENetEstimatorConfig
 ) -> tuple[np.ndarray, list[str]]:
@@ -348,6 +364,29 @@ def _window_kernels(model: "KENet", crops: np.ndarray, dihedral: bool) -> np.nda
 
 
 @torch.inference_mode()
+def window_moments(model: KENet, grey: np.ndarray, centres: np.ndarray, dihedral: bool = False,
+                   window: int | None = None, batch: int = 256) -> np.ndarray:
+    """float64 (N, 3) second moments (var_x, var_y, cov_xy; px^2 at HR, about the kernel's centre of
+    mass) of the kernels KENet estimates on ``model.config.window``-sided windows of ``grey`` (float HxW
+    luma in [0, 1]) centred at ``centres`` (int (N, 2) row, col; the window must lie inside the image);
+    ``window`` overrides the trained window side (the network pools globally, so any side works).
+
+    The network measures a kernel's spread along the window's axes well and its cov_xy poorly, so
+    cov_xy comes from the variances along the diagonals: windows rotated by 45 degrees, where
+    var_x' = var along (1, 1)/sqrt2 and var_y' = var along (-1, 1)/sqrt2, and cov_xy = (var_x' - var_y') / 2
+    (interpolation blur adds to both alike and cancels). Windows go through the network ``batch`` at a time.
+    """
+    window = window or model.config.window
+    out = []
+    for start in range(0, len(centres), batch):
+        part = centres[start : start + batch]
+        upright = _second_moments(_window_kernels(model, _crops(grey, part, window), dihedral))
+        diagonal = _second_moments(_window_kernels(model, _crops(grey, part, window, 45.0), dihedral))
+        out.append(np.stack([upright[:, 0], upright[:, 1], (diagonal[:, 0] - diagonal[:, 1]) / 2.0], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+@torch.inference_mode()
 def estimate_region_kernels(
     image: np.ndarray,
     masks: Sequence[np.ndarray | None],
@@ -371,14 +410,11 @@ def estimate_region_kernels(
         raise ValueError(f"image is {grey.shape[1]}x{grey.shape[0]} px; KENet needs at least {window}x{window} px")
     results = []
     for mask in masks:
-        centres, notes = window_centres(grey, mask, window, config)
-        # The network measures a kernel's spread along the window's axes well and its cov_xy poorly,
-        # so cov_xy comes from the variances along the diagonals: windows rotated by 45 degrees,
-        # where var_x' = var along (1, 1)/sqrt2 and var_y' = var along (-1, 1)/sqrt2, and
-        # cov_xy = (var_x' - var_y') / 2 (interpolation blur adds to both alike and cancels).
-        upright = _second_moments(_window_kernels(model, _crops(grey, centres, window), config.dihedral))
-        diagonal = _second_moments(_window_kernels(model, _crops(grey, centres, window, 45.0), config.dihedral))
-        per_window = np.stack([upright[:, 0], upright[:, 1], (diagonal[:, 0] - diagonal[:, 1]) / 2.0], axis=1)
+        side = window if mask is None else region_window(mask, window)
+        centres, notes = window_centres(grey, mask, side, config)
+        if side != window:
+            notes.insert(0, f"region too small for {window}px windows: {side}px windows")
+        per_window = window_moments(model, grey, centres, config.dihedral, window=side)
         if config.combine == "mean":
             moments = per_window.mean(axis=0)
         elif config.combine == "median":

@@ -9,7 +9,7 @@ Per iteration (all on the images' device, no host synchronisation): draw one 64-
 and one 26-px discriminator crop per member from the region-aware maps (:mod:`sampler`,
 :func:`masked_crop.gather_crops`); one generator step (adversarial L1 + DownScaleLoss + kernel
 regularisers, :mod:`losses`), one discriminator step (real/fake crops with N(0, noise) added to a
-copy), per-member Adam (:mod:`optim`) and schedule update (:mod:`schedule`).
+copy), per-member Adam (:class:`members.MemberAdam`) and schedule update (:mod:`schedule`).
 
 Every ``check_every`` iterations (and when a member finishes) the kernels and losses come to the
 host once: the loss history is sampled, and a member whose loss went non-finite or whose kernel
@@ -33,7 +33,7 @@ from .discriminator import BatchedDiscriminator
 from .generator import create_generator, output_size, receptive_field
 from .kernel import finalize_kernel, kernel_moments, sf_center
 from .masked_crop import gather_crops
-from .optim import BatchedAdam
+from .members import MemberAdam, compact
 from .schedule import Schedule
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,11 @@ class _Record:
 class _Batch:
     """The training state of the active members, all tensors with a leading member dimension."""
 
+    # Everything that has a member dimension (what :meth:`select` compacts).
+    MEMBER_STATE = (
+        "images", "cdf_g", "cdf_d", "seeds", "steps", "nonfinite", "g", "d", "adam_g", "adam_d", "schedule", "last",
+    )
+
     def __init__(
         self, images: torch.Tensor, cdf_g: torch.Tensor, cdf_d: torch.Tensor, seeds: Sequence[int], config: KernelGANConfig
     ) -> None:
@@ -165,8 +170,8 @@ class _Batch:
             self.g.flat = self.g.flat.detach().to(images.dtype).requires_grad_(True)
             self.d.flat = self.d.flat.detach().to(images.dtype).requires_grad_(True)
             self.d.vectors = {k: v.to(images.dtype) for k, v in self.d.vectors.items()}
-        self.adam_g = BatchedAdam([self.g.flat], config.betas)
-        self.adam_d = BatchedAdam([self.d.flat], config.betas)
+        self.adam_g = MemberAdam([self.g.flat], config.betas)
+        self.adam_d = MemberAdam([self.d.flat], config.betas)
         self.schedule = Schedule(config, len(seeds), device)
         self.boundary_mask = losses.boundary_mask(receptive_field(config.g_kernel_sizes)).to(images)
         self.d_crop = output_size(config.crop_size, config.g_kernel_sizes)
@@ -239,13 +244,7 @@ class _Batch:
 
     def select(self, index: list[int]) -> None:
         """Keep only the members at positions ``index``."""
-        idx = torch.tensor(index, dtype=torch.int64, device=self.images.device)
-        self.images, self.cdf_g, self.cdf_d = self.images[idx], self.cdf_g[idx], self.cdf_d[idx]
-        self.seeds, self.steps, self.nonfinite = self.seeds[idx], self.steps[idx], self.nonfinite[idx]
-        self.g, self.d = self.g.select(idx), self.d.select(idx)
-        self.adam_g, self.adam_d = self.adam_g.select(idx), self.adam_d.select(idx)
-        self.schedule = self.schedule.select(idx)
-        self.last = {k: v[idx] for k, v in self.last.items()}
+        compact(self, self.MEMBER_STATE, torch.tensor(index, dtype=torch.int64, device=self.images.device))
 
 
 def _history_arrays(rows: list[tuple[float, ...]]) -> dict[str, np.ndarray]:

@@ -6,9 +6,9 @@ a crop's top-left is ``centre - crop_size // 2``). It is built on the host once 
 1. gradient map of the grey image: |gx|, |gy| and the gradient magnitude, averaged;
 2. restricted to the region (zero outside) and thresholded so only the top ~3% of the region's
    values survive; Gaussian blur; box blur of about half the crop size;
-3. multiplied by the region mask and by the *allowed centres*: centres whose crop lies fully inside
-   the image and whose crop covers the region by >= 90% (coverage = box filter of the mask). If no
-   centre reaches 90%, the centres of (nearly) maximal coverage inside the region are allowed; if the
+3. multiplied by the region mask and by the *allowed centres* of :mod:`crop_fit` (the rule the
+   masker and the other trainers share: crop inside the image, centre in the region, >= 90 % of the
+   crop in the region, with its fallbacks to the centres of (nearly) maximal coverage); if the
    gradient map is zero over the allowed centres, the map is uniform over them.
 
 The discriminator's map (26-px crops) is computed on the image; the generator's map (64-px crops)
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..imageio import LUMA_WEIGHTS
+from .crop_fit import fit_centres
 from .degradation import resize_bicubic
 
-MIN_COVERAGE = 0.9  # share of a crop's pixels that must be inside the region
 TOP_FRACTION = 0.03  # share of the region's gradient values kept
-MAX_COVERAGE_TOLERANCE = 0.02  # fallback: centres within this of the best coverage are allowed
-_LUMA = np.array([0.299, 0.587, 0.114], np.float64)
+_LUMA = np.asarray(LUMA_WEIGHTS, np.float64)
 
 
 @dataclass
@@ -52,7 +52,14 @@ class CropMap:
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC (C = 1, 3, 4; alpha ignored) float in [0, 1] -> float64 HxW luma."""
+    """HxW or HxWxC (C = 1, 2 grey+alpha, 3, 4 RGBA; alpha ignored) float in [0, 1] -> float64 HxW
+    luma with the BT.601 weights of :data:`mkgan_engine.imageio.LUMA_WEIGHTS`. The channel handling
+    is for the public entry points that take raw arrays (:func:`crop_probability_map`,
+    :func:`kenet.estimate_region_kernels`).
+
+    A float64 dot product, not :func:`mkgan_engine.imageio.luma`'s float32 sum (what the maskers
+    use): the two round differently, and ZSSR turns the resulting ~1e-8 change of a KENet kernel
+    into SR differences up to 0.06 (set5 butterfly), so the trainers keep this arithmetic."""
     image = np.asarray(image, np.float64)
     if image.ndim == 2:
         return image
@@ -79,45 +86,16 @@ def _smooth_top(grad: np.ndarray, region: np.ndarray, crop_size: int) -> np.ndar
     return ndimage.uniform_filter(blurred, size=max(1, crop_size // 2), mode="constant")
 
 
-def crop_coverage(mask: np.ndarray, crop_size: int) -> np.ndarray:
-    """For every centre (y, x): share of the crop [y - cs//2, y - cs//2 + cs) x (same in x) inside the
-    mask; NaN where the crop leaves the image. float64 HxW in [0, 1]."""
-    h, w = mask.shape
-    cs, half = crop_size, crop_size // 2
-    integral = np.zeros((h + 1, w + 1), np.float64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.float64), 0), 1)
-    coverage = np.full((h, w), np.nan)
-    if h < cs or w < cs:
-        return coverage
-    sums = integral[cs:, cs:] - integral[:-cs, cs:] - integral[cs:, :-cs] + integral[:-cs, :-cs]
-    coverage[half : half + h - cs + 1, half : half + w - cs + 1] = sums / (cs * cs)
-    return coverage
-
-
 def allowed_centres(mask: np.ndarray, crop_size: int) -> tuple[np.ndarray, float, str | None]:
-    """Centres whose crop is inside the image and covers the region by >= MIN_COVERAGE.
-
-    Returns (allowed bool HxW, lowest coverage among them, fallback note or None). Falls back to the
-    in-region centres of maximal coverage, then to any in-image centres of maximal coverage.
-    """
-    coverage = crop_coverage(mask, crop_size)
-    inside = np.isfinite(coverage)
-    if not inside.any():
-        raise ValueError(f"image is {mask.shape[0]}x{mask.shape[1]}; crops need at least {crop_size}x{crop_size}")
-    cov = np.where(inside, coverage, -1.0)
-    candidates = inside & mask
-    allowed = candidates & (cov >= MIN_COVERAGE - 1e-9)
-    note = None
-    if not allowed.any():
-        pool = candidates if candidates.any() else inside
-        best = cov[pool].max()
-        allowed = pool & (cov >= best - MAX_COVERAGE_TOLERANCE)
-        where = "inside the region" if candidates.any() else "in the image (no in-region centre fits)"
-        note = (
-            f"no {crop_size}px crop covers the region by {MIN_COVERAGE:.0%}; using centres {where} "
-            f"with maximal coverage {best:.0%}"
-        )
-    return allowed, float(cov[allowed].min()), note
+    """:func:`crop_fit.fit_centres` as (allowed bool HxW, lowest coverage among them, fallback note or
+    None); raises ValueError when the image is smaller than the crop or the region is empty."""
+    fit = fit_centres(mask, crop_size)
+    if fit.rule == "none":
+        h, w = mask.shape
+        if h < crop_size or w < crop_size:
+            raise ValueError(f"image is {h}x{w}; crops need at least {crop_size}x{crop_size}")
+        raise ValueError("region mask is empty: no pixel to draw crops from")
+    return fit.allowed, fit.min_coverage, fit.note
 
 
 def crop_probability_map(image: np.ndarray, mask: np.ndarray | None, crop_size: int, downscaled: bool = False) -> CropMap:

@@ -7,16 +7,16 @@ stopping point; one member is a batch of one, and a member trained in a batch ge
 as alone with the same seed (all randomness is counter-based per member, :mod:`rng`).
 
 This module trains the members and runs them; :mod:`zssr_data` makes the father/son pairs,
-:mod:`zssr_net` holds the batched network, Adam and autocast, :mod:`zssr_inference` the
-self-ensemble, tiling and back-projection.
+:mod:`zssr_net` holds the batched network and autocast, :mod:`members` the per-member Adam and the
+compaction of a batch, :mod:`zssr_inference` the self-ensemble, tiling and back-projection.
 
 Training (one *step* of scale ``s`` with kernel ``k``; our own implementation of the ZSSR paper):
 
 * Fathers: random ``crop`` x ``crop`` crops (``config.crop_size`` clipped to the image, rounded
   down to a multiple of ``s``) of the image being upscaled. With a region mask the crop centres are
-  drawn uniformly over the centres whose crop lies >= ``config.region_min_inside`` (90 %) inside the
-  region; when there are none, over the centres inside the region; when there are none of those
-  either (a sliver at the border), over the crops covering the most region pixels. With
+  drawn uniformly over the centres the crop-fit rule allows (:mod:`crop_fit`: centre in the region
+  and >= ``config.region_min_inside`` (90 %) of the crop inside it; its fallbacks, the near-best
+  in-region centres, then the crops covering the most region pixels, for slivers). With
   ``config.region_share`` < 1 only that share of the crops is drawn this way, the rest uniformly
   over the whole image (a region's net then also sees the rest of the image). Scale jitter: the
   image is also downscaled (bicubic, antialiased) by ``config.scale_jitter_levels``; all levels are
@@ -81,9 +81,10 @@ from .config import ZSSRConfig
 from .degradation import upsample_to
 from .kernel import analytic_x4
 from .masked_crop import gather_crops
+from .members import MemberAdam, compact, take
 from .zssr_data import build_father_canvas, dihedral_permutations, father_levels, make_sons, sample_fathers
 from .zssr_inference import back_project, region_box, upscale_member
-from .zssr_net import MemberAdam, MemberConvNet, autocast_context
+from .zssr_net import MemberConvNet, autocast_context
 
 Progress = Callable[[int, int], None]  # (iterations done, iterations of this step)
 
@@ -171,7 +172,8 @@ def train_members(
         )
     final = MemberConvNet([w.detach().clone() for w in net.weights], [b.detach().clone() for b in net.biases], net.grouped)
     net.requires_grad_(True)
-    opt = MemberAdam(net.parameters(), torch.full((m,), config.lr, device=device))
+    opt = MemberAdam(net.parameters(), shared_steps=True)  # members start together, never restart
+    lr_t = torch.full((m,), config.lr, device=device)
 
     # Fixed reconstruction-error crops: drawn once per member from its first-level region.
     rec_canvas = build_father_canvas(levels[:1], crop_size, config.region_min_inside)
@@ -211,7 +213,7 @@ def train_members(
         grads = torch.autograd.grad(loss_m.sum() * loss_scale, net.parameters())
         if loss_scale != 1.0:
             grads = [torch.nan_to_num(g.float() / loss_scale, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
-        opt.step(grads)
+        opt.step(net.parameters(), grads, lr_t)
         loss_hist[:, t % loss_hist.shape[1]] = loss_m.detach()
 
         if t % config.rec_every == 0:
@@ -256,18 +258,13 @@ def train_members(
             if not keep:
                 break
             kidx = torch.as_tensor(keep, device=device)
-            net = net.select(kidx).requires_grad_(True)
-            opt = opt.select(kidx, net.parameters())
             ids = [ids[i] for i in keep]
-            seeds_t = seeds_t.index_select(0, kidx)
-            canvas.images = canvas.images.index_select(0, kidx)
-            canvas.cdf = canvas.cdf.index_select(0, kidx)
-            kernels = kernels.index_select(0, kidx)
-            rec_sons = rec_sons.index_select(0, kidx)
-            rec_fathers = rec_fathers.index_select(0, kidx)
-            rec_buf = rec_buf.index_select(0, kidx)
-            loss_hist = loss_hist.index_select(0, kidx)
-        opt.lr = torch.tensor([lrs[g] for g in ids], device=device, dtype=torch.float32)
+            net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist = take(
+                (net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist), kidx
+            )
+            net.requires_grad_(True)
+            compact(canvas, ("images", "cdf"), kidx)
+        lr_t = torch.tensor([lrs[g] for g in ids], device=device, dtype=torch.float32)
     for g in range(m):  # only when no iteration ran (iterations == 0)
         if infos[g] is None:
             infos[g] = StageInfo(t, lrs[g], float("nan"), float("nan"), canvas.rules[g])
@@ -437,18 +434,3 @@ def run_zssr(
             arr = arr[..., 0]
         images.append(np.ascontiguousarray(arr, dtype=np.float32))
     return ZSSRResult(images, members, total_iters, time.perf_counter() - t_start, train_seconds)
-
-
-def super_resolve(
-    image: np.ndarray,
-    kernels: Sequence[np.ndarray],
-    scale: int,
-    config: ZSSRConfig | None = None,
-    masks: Sequence[np.ndarray | None] | None = None,
-    seeds: Sequence[int] | None = None,
-    device: str | torch.device = "cpu",
-    kernel_scale: int | None = None,
-    progress: Progress | None = None,
-) -> list[np.ndarray]:
-    """One HR image (float32 (H*scale)x(W*scale)[xC] in [0, 1]) per member; see :func:`run_zssr`."""
-    return run_zssr(image, kernels, scale, config, masks, seeds, device, kernel_scale, progress).images

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from . import rng
 from .config import ZSSRConfig
+from .crop_fit import MIN_INSIDE, Rule, fit_centres
 from .degradation import blur_downsample, resize_bicubic, upsample_to
 from .masked_crop import gather_crops
-from .sampler import crop_coverage
 
 
 # ------------------------------------------------------------------------------------------------
@@ -47,36 +47,17 @@ def dihedral_permutations(size: int, device: torch.device) -> torch.Tensor:
 # Region-aware father sampling
 # ------------------------------------------------------------------------------------------------
 def region_centre_map(
-    mask: np.ndarray | None, shape: tuple[int, int], crop_size: int, min_inside: float = 0.9, fallback: bool = True
-) -> tuple[np.ndarray, str]:
-    """Admissible crop centres for one image (level) and one region.
-
-    A centre (y, x) stands for the crop with top-left (y - crop//2, x - crop//2); only crops that fit
-    in the image are admissible. Returns a float32 (h, w) 0/1 map and the rule used: "inside"
-    (>= ``min_inside`` of the crop in the region; every centre when ``mask`` is None), else with
-    ``fallback``: "centre" (the centre pixel is in the region), "cover" (crops covering at least
-    half the best achievable number of region pixels); "none" when nothing is admissible.
-    """
-    none = np.zeros(shape, np.float32), "none"
+    mask: np.ndarray | None, shape: tuple[int, int], crop_size: int, min_inside: float = MIN_INSIDE, fallback: bool = True
+) -> tuple[np.ndarray, Rule]:
+    """Admissible crop centres for one image (level) and one region: the rule of :mod:`crop_fit`
+    (centre in the region, >= ``min_inside`` of the crop in it, crop in the image; with ``fallback``
+    its fallbacks "centre" / "cover"). ``mask`` None = the whole image (every centre whose crop
+    fits). Returns a float32 (h, w) 0/1 map and the rule used ("none" when nothing is admissible)."""
     region = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
     if region.shape != tuple(shape):
         raise ValueError(f"mask shape {region.shape} != image shape {tuple(shape)}")
-    coverage = crop_coverage(region, crop_size)  # NaN where the crop leaves the image
-    fits = np.isfinite(coverage)
-    if not fits.any():
-        return none
-    coverage = np.where(fits, coverage, 0.0)
-    ok, rule = coverage >= min_inside - 1e-9, "inside"
-    if not ok.any():
-        if not fallback:
-            return none
-        ok, rule = fits & region, "centre"
-        if not ok.any():
-            best = coverage.max()
-            if best <= 0:
-                return none
-            ok, rule = coverage >= 0.5 * best, "cover"
-    return ok.astype(np.float32), rule
+    fit = fit_centres(region, crop_size, min_inside, fallback)
+    return fit.allowed.astype(np.float32), fit.rule
 
 
 @dataclass
@@ -104,7 +85,7 @@ def _downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def build_father_canvas(
     levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
     crop_size: int,
-    min_inside: float = 0.9,
+    min_inside: float = MIN_INSIDE,
     region_share: float = 1.0,
 ) -> FatherCanvas:
     """levels: (images (M, C, h, w), one mask (h, w) or None per member, scale label); the first

@@ -1,4 +1,4 @@
-"""The ZSSR network and optimiser written for M independent members along a leading dimension.
+"""The ZSSR network written for M independent members along a leading dimension, and autocast.
 
 Every parameter is stored as one tensor with a leading member dimension ``M`` (weights
 ``(M, C_out, C_in, 3, 3)``, biases ``(M, C_out)``); on CUDA the forward pass folds members into the
@@ -8,8 +8,7 @@ in a batch is bit-identical to the member alone. Either way member ``m``'s outpu
 member ``m``'s input and weights, and one member is simply ``M == 1``. The loss of a batch is the
 *sum* of the members' losses, so each member's gradient is exactly the gradient it would get alone.
 
-:class:`MemberAdam` is Adam with one learning rate per member (a device tensor ``(M,)``), so each
-member follows its own learning-rate policy; the moments are per parameter and therefore per member.
+The optimiser (Adam with one learning rate per member) is :class:`members.MemberAdam`.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ZSSRConfig
+from .members import take
 from .rng import Stream, member_generator
 
 # Stream for weight initialisation (one per stage of a gradual run, see zssr.py); kept apart from
@@ -81,11 +81,8 @@ class MemberConvNet:
     def select(self, index: Sequence[int] | torch.Tensor) -> "MemberConvNet":
         """A new net holding only the given members (detached copies)."""
         idx = torch.as_tensor(index, dtype=torch.long, device=self.weights[0].device)
-        return MemberConvNet(
-            [w.detach().index_select(0, idx).clone() for w in self.weights],
-            [b.detach().index_select(0, idx).clone() for b in self.biases],
-            self.grouped,
-        )
+        weights = take([w.detach() for w in self.weights], idx)
+        return MemberConvNet(weights, take([b.detach() for b in self.biases], idx), self.grouped)
 
     # ----------------------------------------------------------------------------------------
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,46 +127,6 @@ class MemberConvNet:
         x5 = x[:, None] if squeeze else x
         out = x5 + self.residual(x5)
         return out[:, 0] if squeeze else out
-
-
-class MemberAdam:
-    """Adam (betas 0.9/0.999, eps 1e-8) with an independent learning rate per member.
-
-    ``lr``: float32 device tensor (M,); all members of a batch share the step count (they start
-    together; a finished member leaves the batch, see zssr.py). No host synchronisation.
-    """
-
-    def __init__(self, params: Sequence[torch.Tensor], lr: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = list(params)
-        self.lr = lr
-        self.betas = betas
-        self.eps = eps
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor]) -> None:
-        self.steps += 1
-        b1, b2 = self.betas
-        bc1 = 1.0 - b1**self.steps
-        bc2_sqrt = (1.0 - b2**self.steps) ** 0.5
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
-            g = g.float()
-            m.mul_(b1).add_(g, alpha=1.0 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-            denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-            step_size = (self.lr / bc1).reshape(-1, *([1] * (p.dim() - 1)))
-            p.sub_(step_size * m / denom)
-
-    def select(self, index: Sequence[int] | torch.Tensor, params: Sequence[torch.Tensor]) -> "MemberAdam":
-        """The optimiser state of the given members, bound to ``params`` (already selected)."""
-        idx = torch.as_tensor(index, dtype=torch.long, device=self.lr.device)
-        new = MemberAdam(params, self.lr.index_select(0, idx).clone(), self.betas, self.eps)
-        new.exp_avg = [m.index_select(0, idx).clone() for m in self.exp_avg]
-        new.exp_avg_sq = [v.index_select(0, idx).clone() for v in self.exp_avg_sq]
-        new.steps = self.steps
-        return new
 
 
 def autocast_context(device: torch.device, config: ZSSRConfig) -> tuple[contextlib.AbstractContextManager, float]:

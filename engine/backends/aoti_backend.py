@@ -15,14 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from mkgan_engine.backends.base import ExportedDetector, ExportedModel, ExportedSamDecoder, ExportedSamEncoder
-from mkgan_engine.export.manifest import Artefact
+from mkgan_engine.backends.manifest import Artefact
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AotiDetector", "AotiSamDecoder", "AotiSamEncoder"]
+__all__ = ["AotiDetector", "AotiModel", "AotiSamDecoder", "AotiSamEncoder"]
 
 
-class _AotiModel(ExportedModel):
+class AotiModel(ExportedModel):
+    """One AOTInductor package on any exported model: ``run(*float32 arrays) -> list of float32
+    outputs``. The model-specific classes below add the protocol calls; the exporter runs this
+    directly for its parity checks."""
+
     name = "aoti"
     file_format = "aoti"
 
@@ -63,7 +67,7 @@ class _AotiModel(ExportedModel):
         return [o.detach().float().cpu().numpy() for o in out]
 
 
-class AotiDetector(ExportedDetector, _AotiModel):
+class AotiDetector(ExportedDetector, AotiModel):
     """:class:`~mkgan_engine.backends.base.DetectorBackend` on ``yolo.pt2``."""
 
     model = "yolo"
@@ -79,13 +83,13 @@ class AotiDetector(ExportedDetector, _AotiModel):
         self.input_size = int(size)
 
 
-class AotiSamEncoder(ExportedSamEncoder, _AotiModel):
+class AotiSamEncoder(ExportedSamEncoder, AotiModel):
     """:class:`~mkgan_engine.backends.base.SamEncoderBackend` on ``sam_encoder.pt2``."""
 
     model = "sam_encoder"
 
 
-class AotiSamDecoder(ExportedSamDecoder, _AotiModel):
+class AotiSamDecoder(ExportedSamDecoder, AotiModel):
     """:class:`~mkgan_engine.backends.base.SamDecoderBackend` on ``sam_decoder.pt2`` (N boxes, chunked past the max)."""
 
     model = "sam_decoder"

@@ -2,7 +2,8 @@
 forward pass. Pre- and post-processing (letterbox, NMS, SAM resize/normalise/pad, mask upscaling)
 are shared and live outside the backends.
 
-All arrays are numpy, float32 unless stated; batch dimension first.
+All arrays are numpy, float32 unless stated; batch dimension first. The SAM sizes below are the
+one definition of SAM's tensor geometry (pre-/post-processing, backends and export use them).
 """
 
 from __future__ import annotations
@@ -10,6 +11,15 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from mkgan_engine.backends.manifest import locate_artefact
+
+SAM_IMAGE_SIZE = 1024
+"""Side of SAM's (square, padded) encoder input, in pixels: the "1024 encoder frame"."""
+SAM_EMBED_SIZE = 64
+"""Side of SAM's image embedding grid (SAM_IMAGE_SIZE / 16)."""
+SAM_LOWRES_SIZE = 256
+"""Side of SAM's low-resolution mask logits (4 x the embedding grid)."""
 
 
 @runtime_checkable
@@ -60,8 +70,6 @@ class ExportedModel:
     def from_dir(cls, engines_dir, model: str, device: str | None = None, weights=None, **kwargs):
         """Load ``model`` (yolo|sam_encoder|sam_decoder) from an engines dir via its manifest,
         checking the source weights' sha256 when ``weights`` is given."""
-        from mkgan_engine.export.manifest import locate_artefact
-
         path, artefact = locate_artefact(engines_dir, model, cls.file_format, weights)
         return cls(path, device=device or cls.default_device, artefact=artefact, **kwargs)
 
@@ -82,8 +90,8 @@ class ExportedSamEncoder:
     """:class:`SamEncoderBackend` call shared by the exported-file backends."""
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        if image.shape[-3:] != (3, 1024, 1024):
-            raise ValueError(f"SAM encoder input must be (1, 3, 1024, 1024), got {image.shape}")
+        if image.shape[-3:] != (3, SAM_IMAGE_SIZE, SAM_IMAGE_SIZE):
+            raise ValueError(f"SAM encoder input must be (1, 3, {SAM_IMAGE_SIZE}, {SAM_IMAGE_SIZE}), got {image.shape}")
         return self.run(image)[0]  # type: ignore[attr-defined]
 
 
@@ -97,7 +105,7 @@ class ExportedSamDecoder:
     def __call__(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         if len(boxes) == 0:
-            return np.zeros((0, 1, 256, 256), np.float32), np.zeros((0, 1), np.float32)
+            return np.zeros((0, 1, SAM_LOWRES_SIZE, SAM_LOWRES_SIZE), np.float32), np.zeros((0, 1), np.float32)
         step = self.max_boxes() or len(boxes)
         parts = [self.run(embeddings, boxes[i : i + step]) for i in range(0, len(boxes), step)]  # type: ignore[attr-defined]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

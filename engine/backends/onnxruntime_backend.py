@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from mkgan_engine.backends.base import ExportedDetector, ExportedModel, ExportedSamDecoder, ExportedSamEncoder
-from mkgan_engine.export.manifest import Artefact
+from mkgan_engine.backends.manifest import Artefact
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxRuntimeDetector", "OnnxRuntimeSamDecoder", "OnnxRuntimeSamEncoder", "ort_providers"]
+__all__ = ["OnnxRuntimeDetector", "OnnxRuntimeModel", "OnnxRuntimeSamDecoder", "OnnxRuntimeSamEncoder", "ort_providers"]
 
 
 def _wants_cuda(device: str | None) -> tuple[bool, int]:
@@ -40,14 +40,16 @@ def ort_providers(device: str | None) -> list:
     if cuda and "CUDAExecutionProvider" in available:
         providers.append(("CUDAExecutionProvider", {"device_id": index}))
     elif cuda and str(device) != "auto":
-        log.warning("--device %s: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu); "
+        log.warning("device %s: this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu); "
                     "running ONNX models on CPU", device)
     providers.append("CPUExecutionProvider")
     return providers
 
 
-class _OrtModel(ExportedModel):
-    """One InferenceSession; numpy float32 in -> list of numpy float32 out."""
+class OnnxRuntimeModel(ExportedModel):
+    """One InferenceSession on any exported ONNX file: ``run(*float32 arrays) -> list of float32 outputs``
+    (in the file's input/output order). The model-specific classes below add the protocol calls;
+    the exporter runs this directly for its parity checks."""
 
     name = "onnxruntime"
     file_format = "onnx"
@@ -58,7 +60,7 @@ class _OrtModel(ExportedModel):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("--backend onnxruntime needs onnxruntime: pip install 'mkgan-engine[onnx]' "
+            raise ImportError("backend onnxruntime needs onnxruntime: pip install 'mkgan-engine[onnx]' "
                               "(or onnxruntime-gpu for CUDA)") from e
         self.path = Path(path)
         if not self.path.is_file():
@@ -86,7 +88,7 @@ class _OrtModel(ExportedModel):
         return [np.asarray(o, dtype=np.float32) for o in self.session.run(self.output_names, feeds)]
 
 
-class OnnxRuntimeDetector(ExportedDetector, _OrtModel):
+class OnnxRuntimeDetector(ExportedDetector, OnnxRuntimeModel):
     """:class:`~mkgan_engine.backends.base.DetectorBackend` on ``yolo.onnx``: (1, 3, S, S) -> (1, 4 + nc, A)."""
 
     model = "yolo"
@@ -103,13 +105,13 @@ class OnnxRuntimeDetector(ExportedDetector, _OrtModel):
         self.num_classes = int(out[1]) - 4 if isinstance(out[1], int) else None
 
 
-class OnnxRuntimeSamEncoder(ExportedSamEncoder, _OrtModel):
+class OnnxRuntimeSamEncoder(ExportedSamEncoder, OnnxRuntimeModel):
     """:class:`~mkgan_engine.backends.base.SamEncoderBackend` on ``sam_encoder.onnx``."""
 
     model = "sam_encoder"
 
 
-class OnnxRuntimeSamDecoder(ExportedSamDecoder, _OrtModel):
+class OnnxRuntimeSamDecoder(ExportedSamDecoder, OnnxRuntimeModel):
     """:class:`~mkgan_engine.backends.base.SamDecoderBackend` on ``sam_decoder.onnx`` (dynamic N boxes)."""
 
     model = "sam_decoder"

@@ -20,28 +20,67 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from mkgan_engine.backends.base import ExportedDetector, ExportedModel, ExportedSamDecoder, ExportedSamEncoder
-from mkgan_engine.export.manifest import Artefact
+from mkgan_engine.backends.manifest import Artefact
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TensorRTDetector", "TensorRTSamDecoder", "TensorRTSamEncoder"]
+__all__ = ["TENSORRT_MISSING", "TensorRTDetector", "TensorRTModel", "TensorRTSamDecoder", "TensorRTSamEncoder",
+           "TensorRTUnavailable", "make_logger", "require_tensorrt"]
+
+TENSORRT_MISSING = "TensorRT is not installed: pip install mkgan-engine[gpu] on an NVIDIA machine"
 
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                  "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
 
 
-class _TrtModel(ExportedModel):
+class TensorRTUnavailable(ImportError):
+    """TensorRT (or a CUDA device for it) is not available here."""
+
+
+def require_tensorrt() -> ModuleType:
+    """``import tensorrt`` or raise :class:`TensorRTUnavailable` with the install hint."""
+    try:
+        import tensorrt as trt  # optional dependency, imported on use only
+    except ImportError as e:
+        raise TensorRTUnavailable(TENSORRT_MISSING) from e
+    return trt
+
+
+def make_logger(trt: ModuleType, verbose: bool = False):
+    """A ``trt.ILogger`` forwarding to Python logging; ``.errors`` collects error messages."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:  # TensorRT callback
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(str(msg))
+                log.error("TensorRT: %s", msg)
+            elif severity == trt.ILogger.Severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            elif verbose:
+                log.info("TensorRT: %s", msg)
+
+    return Logger()
+
+
+class TensorRTModel(ExportedModel):
+    """One deserialized engine on any exported model: ``run(*arrays) -> list of float32 outputs``
+    (inputs in the manifest's order). The model-specific classes below add the protocol calls; the
+    exporter runs this directly for its parity checks."""
+
     name = "tensorrt"
     file_format = "engine"
     default_device = "cuda"
 
     def __init__(self, path: Path | str, device: str | None = "cuda", artefact: Artefact | None = None) -> None:
-        from mkgan_engine.export.tensorrt_export import make_logger, require_tensorrt
-
         trt = require_tensorrt()
         import torch
 
@@ -50,7 +89,7 @@ class _TrtModel(ExportedModel):
             raise FileNotFoundError(f"{self.path}: TensorRT engine not found")
         dev = torch.device("cuda" if device in (None, "auto") else device)
         if dev.type != "cuda" or not torch.cuda.is_available():
-            raise RuntimeError(f"--backend tensorrt needs a CUDA device (got device {device!r}"
+            raise RuntimeError(f"backend tensorrt needs a CUDA device (got device {device!r}"
                                + ("" if torch.cuda.is_available() else "; no CUDA device is available") + ")")
         self.device = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
         self.artefact = artefact
@@ -118,7 +157,7 @@ class _TrtModel(ExportedModel):
         return [r.numpy() for r in result]
 
 
-class TensorRTDetector(ExportedDetector, _TrtModel):
+class TensorRTDetector(ExportedDetector, TensorRTModel):
     """:class:`~mkgan_engine.backends.base.DetectorBackend` on ``yolo.engine``."""
 
     model = "yolo"
@@ -129,13 +168,13 @@ class TensorRTDetector(ExportedDetector, _TrtModel):
         self.input_size = int(shape[-1]) if shape[-1] > 0 else int((artefact.extra if artefact else {}).get("imgsz", 640))
 
 
-class TensorRTSamEncoder(ExportedSamEncoder, _TrtModel):
+class TensorRTSamEncoder(ExportedSamEncoder, TensorRTModel):
     """:class:`~mkgan_engine.backends.base.SamEncoderBackend` on ``sam_encoder.engine``."""
 
     model = "sam_encoder"
 
 
-class TensorRTSamDecoder(ExportedSamDecoder, _TrtModel):
+class TensorRTSamDecoder(ExportedSamDecoder, TensorRTModel):
     """:class:`~mkgan_engine.backends.base.SamDecoderBackend` on ``sam_decoder.engine``; N > profile max is chunked."""
 
     model = "sam_decoder"

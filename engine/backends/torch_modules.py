@@ -26,19 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-SAM_TYPES: tuple[str, ...] = ("vit_b", "vit_l", "vit_h")
-SAM_IMAGE_SIZE = 1024
-"""Side of SAM's (square, padded) encoder input."""
-SAM_EMBED_SIZE = 64
-"""Side of SAM's image embedding grid (1024 / 16)."""
-SAM_LOWRES_SIZE = 256
-"""Side of SAM's low-resolution mask logits (4 x the embedding grid)."""
+from mkgan_engine.config import SAM_TYPES
 
 __all__ = [
-    "SAM_EMBED_SIZE",
-    "SAM_IMAGE_SIZE",
-    "SAM_LOWRES_SIZE",
-    "SAM_TYPES",
     "DetectorModule",
     "SamBoxDecoderModule",
     "SamEncoderModule",
@@ -162,24 +152,24 @@ def load_yolo(weights: Path | str | None, device: str | torch.device = "cpu") ->
     """Load the user's ultralytics YOLO detection weights (.pt) -> fused FP32 model in eval mode.
 
     Raises FileNotFoundError (missing file) or ValueError (no path, wrong kind of file, not a
-    detection model) naming ``--yolo-weights``; ImportError when ultralytics is not installed.
+    detection model) naming ``yolo_weights``; ImportError when ultralytics is not installed.
     Never downloads anything: the file must exist locally.
     """
-    path = _check_file(weights, "--yolo-weights", "YOLO weights are", "path/to/yolov8n.pt")
+    path = _check_file(weights, "yolo_weights", "YOLO weights are", "path/to/yolov8n.pt")
     if path.suffix.lower() != ".pt":
-        raise ValueError(f"--yolo-weights {path}: expected an ultralytics .pt checkpoint (got {path.suffix or 'no suffix'}); "
-                         "exported engines go in --engines-dir with --backend onnxruntime/tensorrt")
+        raise ValueError(f"yolo_weights {path}: expected an ultralytics .pt checkpoint (got {path.suffix or 'no suffix'}); "
+                         "exported engines go in engines_dir with the onnxruntime/tensorrt backends")
     try:
         from ultralytics.nn import tasks
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("--yolo-weights needs ultralytics: pip install 'mkgan-engine[yolo]'") from e
+        raise ImportError("yolo_weights needs ultralytics: pip install 'mkgan-engine[yolo]'") from e
     loader = getattr(tasks, "load_checkpoint", None) or getattr(tasks, "attempt_load_one_weight")
     try:
         model, _ = loader(str(path), device=torch.device("cpu"), fuse=False)
     except Exception as e:
-        raise ValueError(f"--yolo-weights {path}: cannot load as an ultralytics checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"yolo_weights {path}: cannot load as an ultralytics checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(model, tasks.DetectionModel) or type(model).__name__.startswith("RTDETR"):
-        raise ValueError(f"--yolo-weights {path}: a {type(model).__name__}, not a YOLO detection model "
+        raise ValueError(f"yolo_weights {path}: a {type(model).__name__}, not a YOLO detection model "
                          "(use a yolov8*.pt detection checkpoint)")
     model = model.float().eval()
     try:
@@ -206,32 +196,32 @@ def yolo_input_size(model: nn.Module, default: int = 640) -> int:
 def load_sam(checkpoint: Path | str | None, sam_type: str = "vit_b", device: str | torch.device = "cpu") -> nn.Module:
     """Build segment_anything's ``sam_type`` model and load the user's checkpoint (a state_dict .pth).
 
-    Raises ValueError for an unknown ``sam_type`` (listing the valid ones, naming ``--sam-type``),
-    FileNotFoundError / ValueError naming ``--sam-checkpoint`` for a missing or unreadable file or
+    Raises ValueError for an unknown ``sam_type`` (listing the valid ones, naming ``sam_type``),
+    FileNotFoundError / ValueError naming ``sam_checkpoint`` for a missing or unreadable file or
     one that does not match the type; ImportError when segment_anything is not installed.
     """
     if sam_type not in SAM_TYPES:
-        raise ValueError(f"--sam-type {sam_type!r}: unknown SAM type; choose from {', '.join(SAM_TYPES)}")
-    path = _check_file(checkpoint, "--sam-checkpoint", "a SAM checkpoint is", "path/to/sam_vit_b_01ec64.pth")
+        raise ValueError(f"sam_type {sam_type!r}: unknown SAM type; choose from {', '.join(SAM_TYPES)}")
+    path = _check_file(checkpoint, "sam_checkpoint", "a SAM checkpoint is", "path/to/sam_vit_b_01ec64.pth")
     try:
         from segment_anything import sam_model_registry
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("--sam-checkpoint needs segment-anything: pip install 'mkgan-engine[sam]'") from e
+        raise ImportError("sam_checkpoint needs segment-anything: pip install 'mkgan-engine[sam]'") from e
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"--sam-checkpoint {path}: cannot read as a PyTorch state_dict ({type(e).__name__}: {e})") from e
+        raise ValueError(f"sam_checkpoint {path}: cannot read as a PyTorch state_dict ({type(e).__name__}: {e})") from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not any(str(k).startswith("image_encoder.") for k in state):
-        raise ValueError(f"--sam-checkpoint {path}: not a segment-anything SAM state_dict (no image_encoder.* weights)")
+        raise ValueError(f"sam_checkpoint {path}: not a segment-anything SAM state_dict (no image_encoder.* weights)")
     sam = sam_model_registry[sam_type](checkpoint=None)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
-        raise ValueError(f"--sam-checkpoint {path} does not match --sam-type {sam_type} "
+        raise ValueError(f"sam_checkpoint {path} does not match sam_type {sam_type} "
                          f"(is it a {'/'.join(t for t in SAM_TYPES if t != sam_type)} checkpoint?): {detail[:300]}") from e
     sam.eval()
     for p in sam.parameters():

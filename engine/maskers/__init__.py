@@ -13,6 +13,7 @@ from mkgan_engine.maskers.base import Masker
 
 # name -> "module:factory"; each factory takes a MaskerConfig and returns a Masker.
 _REGISTRY: dict[str, str] = {
+    "blur": "mkgan_engine.maskers.blur:BlurMasker",
     "fft": "mkgan_engine.maskers.classical:FFTMasker",
     "edges": "mkgan_engine.maskers.classical:EdgeMasker",
     "gradient": "mkgan_engine.maskers.classical:GradientMasker",

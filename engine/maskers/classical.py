@@ -28,23 +28,17 @@ from scipy import fft as sp_fft
 from skimage.filters import threshold_otsu
 
 from mkgan_engine.config import MaskerConfig
+from mkgan_engine.imageio import luma
 from mkgan_engine.maskers.postprocess import finalize, remove_small_islands
 from mkgan_engine.regions import RegionMap
 
-__all__ = ["EdgeMasker", "FFTMasker", "GradientMasker", "WholeImageMasker", "to_grey"]
+__all__ = ["EdgeMasker", "FFTMasker", "GradientMasker", "WholeImageMasker"]
 
 
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """float32 HxW luma (BT.601) in [0, 255] of an HxWx3 RGB (or HxW) image in [0, 1]."""
-    image = np.asarray(image, np.float32)
-    if image.ndim == 3:
-        if image.shape[2] == 1:
-            image = image[..., 0]
-        else:
-            image = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
-    if image.ndim != 2:
-        raise ValueError(f"image must be HxWx3 or HxW, got shape {image.shape}")
-    return np.ascontiguousarray(image * 255.0, dtype=np.float32)
+def _grey(image: np.ndarray) -> np.ndarray:
+    """float32 HxW luma in [0, 255] (the scale the score thresholds are set on) of the masker input,
+    float32 HxWx3 RGB in [0, 1] (:class:`~mkgan_engine.maskers.base.Masker`)."""
+    return luma(image) * 255.0
 
 
 def _window(shape: tuple[int, int]) -> int:
@@ -124,7 +118,7 @@ class FFTMasker(_ClassicalMasker):
         self.stride = stride
 
     def score(self, image: np.ndarray) -> np.ndarray:
-        grey = to_grey(image)
+        grey = _grey(image)
         h, w = grey.shape
         p = self.patch or (32 if min(h, w) > 768 else 16)
         p = max(4, min(p, h, w))
@@ -190,7 +184,7 @@ class EdgeMasker(_DensityMasker):
     name = "edges"
 
     def score(self, image: np.ndarray) -> np.ndarray:
-        grey = to_grey(image)
+        grey = _grey(image)
         mag = _gradient_magnitude(grey, sigma=1.0)
         if float(mag.max()) <= 1e-6:
             return np.zeros(grey.shape, np.float32)
@@ -208,7 +202,7 @@ class GradientMasker(_DensityMasker):
     name = "gradient"
 
     def score(self, image: np.ndarray) -> np.ndarray:
-        grey = to_grey(image)
+        grey = _grey(image)
         mag = _gradient_magnitude(grey)
         if float(mag.max()) <= 1e-6:
             return np.zeros(grey.shape, np.float32)

@@ -19,11 +19,12 @@ LR size (HR masks come later from :meth:`RegionMap.upscale`, so LR and HR grids 
    largest-component rule runs again afterwards (the resampling can cut a thin neck), which
    keeps the blocks whole.
 3. minimum area (always, unless ``config.min_region_area <= 0``): a region (background included)
-   is too small when it has fewer than ``config.min_region_area`` pixels, or when no
-   ``crop x crop`` window (``crop = round(sqrt(min_region_area))``, 64 by default, clipped to the
-   image) is at least ``min_crop_coverage`` (50 %) inside it (too thin or scattered for
-   KernelGAN's crops). Too-small objects go to background; a too-small background is given to
-   the nearest object (per pixel). The smallest failing region is merged first, and the rule is
+   is too small when it has fewer than ``config.min_region_area`` pixels, or when it holds no
+   ``crop x crop`` crop by the trainers' own rule (:func:`mkgan_engine.train.crop_fit.holds_crop`:
+   centre in the region, >= 90 % of the crop inside it; ``crop = round(sqrt(min_region_area))``,
+   KernelGAN's 64 px by default, clipped to the image), so the trainers find crops in every region
+   kept without falling back. Too-small objects go to background; a too-small background is given
+   to the nearest object (per pixel). The smallest failing region is merged first, and the rule is
    re-checked until every region passes or one region is left.
 
 Label ids are NOT relabelled: surviving regions keep the ids the caller gave them (so a caller's
@@ -45,14 +46,11 @@ from scipy import ndimage
 
 from mkgan_engine.config import MaskerConfig
 from mkgan_engine.regions import RegionInfo, RegionMap
+from mkgan_engine.train.crop_fit import MIN_INSIDE, holds_crop
 
 log = logging.getLogger(__name__)
 
-MIN_CROP_COVERAGE = 0.5
-"""Default share of a crop window that must lie inside a region for it to count as holding a crop."""
-
 __all__ = [
-    "MIN_CROP_COVERAGE",
     "blockify",
     "block_size",
     "close_labels",
@@ -155,15 +153,6 @@ def blockify(labels: np.ndarray, blocky_factor: float) -> np.ndarray:
     return np.repeat(np.repeat(small, b, axis=0), b, axis=1)[:h, :w].copy()
 
 
-def _holds_crop(mask: np.ndarray, crop: int, coverage: float) -> bool:
-    """Whether some crop x crop window inside the image is at least ``coverage`` inside ``mask``."""
-    h, w = mask.shape
-    c = max(1, min(crop, h, w))
-    s = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_32S)  # (h+1, w+1)
-    windows = s[c:, c:] - s[:-c, c:] - s[c:, :-c] + s[:-c, :-c]
-    return bool(windows.max() >= coverage * c * c)
-
-
 def _name(names: Mapping[int, str], lab: int) -> str:
     return names.get(lab) or ("background" if lab == 0 else f"region {lab}")
 
@@ -173,7 +162,6 @@ def enforce_min_area(
     min_area: int,
     *,
     crop: int | None = None,
-    min_crop_coverage: float = MIN_CROP_COVERAGE,
     names: Mapping[int, str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Merge regions too small for KernelGAN (see the module docstring, step 3).
@@ -206,9 +194,9 @@ def enforce_min_area(
         for lab, n in zip(ids.tolist(), counts.tolist()):
             if n < min_area:
                 failing.append((n, lab, f"{_name(names, lab)} region of {n} px is below the minimum {min_area} px {for_crops}"))
-            elif not _holds_crop(out == lab, crop, min_crop_coverage):
+            elif not holds_crop(out == lab, max(1, min(crop, *out.shape))):
                 failing.append((n, lab, f"{_name(names, lab)} region of {n} px has no {crop}x{crop} window "
-                                        f"that is {min_crop_coverage:.0%} inside it (too thin or scattered for KernelGAN crops)"))
+                                        f"centred in it that is {MIN_INSIDE:.0%} inside it (too thin or scattered for the trainers' crops)"))
         if not failing:
             break
         n, lab, message = min(failing)
@@ -252,7 +240,6 @@ def finalize(
     blocky: bool = True,
     close_radius: int | None = None,
     crop_size: int | None = None,
-    min_crop_coverage: float = MIN_CROP_COVERAGE,
     empty_reason: str | None = None,
 ) -> RegionMap:
     """Raw masker output -> post-processed :class:`RegionMap` at the same (LR) size.
@@ -264,9 +251,8 @@ def finalize(
     "object" when the input has one object label, else "region <id>"; score None).
     clean: closing (radius ``close_radius``, default :func:`default_close_radius`) + largest
     component per label. blocky: the block resampling of ``config.blocky_factor``. crop_size: the
-    crop a region must hold (default ``round(sqrt(min_region_area))``); min_crop_coverage: share of
-    that crop inside the region. empty_reason: fallback_reason when the input has no object pixel
-    (default "nothing detected").
+    crop a region must hold (default ``round(sqrt(min_region_area))``). empty_reason:
+    fallback_reason when the input has no object pixel (default "nothing detected").
 
     Steps and the single-region fallback are described in the module docstring.
     """
@@ -298,8 +284,7 @@ def finalize(
             b = block_size(config.blocky_factor)
             return RegionMap.single(shape, source, f"the object region vanished in the {b}x{b} px blocky mask (too thin)")
 
-    lab, messages = enforce_min_area(lab, config.min_region_area, crop=crop_size,
-                                     min_crop_coverage=min_crop_coverage, names=names)
+    lab, messages = enforce_min_area(lab, config.min_region_area, crop=crop_size, names=names)
     ids = [int(i) for i in _present(lab)[0]]
     if len(ids) <= 1:
         reason = "; ".join(messages) or "only one region left after post-processing"

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-SAM_IMAGE_SIZE = 1024
+from mkgan_engine.backends.base import SAM_IMAGE_SIZE
+
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 
 __all__ = [
     "PIXEL_MEAN",
     "PIXEL_STD",
-    "SAM_IMAGE_SIZE",
     "SamInput",
     "postprocess_logits",
     "postprocess_masks",

@@ -6,8 +6,8 @@
   exist, so a mask_dir that also holds the images themselves still works; the suffix may be in
   any case). No file -> ``None`` (the caller then uses the configured masker).
 * Pixels: single-channel 8- or 16-bit PNG. An RGB(A) PNG is converted to grey (exactly, when its
-  colour channels are equal; with BT.601 luma otherwise); an RGBA PNG whose colour is constant is
-  read from its alpha channel (a mask painted as transparency).
+  colour channels are equal; else with :func:`mkgan_engine.imageio.luma`, rounded); an RGBA PNG
+  whose colour is constant is read from its alpha channel (a mask painted as transparency).
 * Meaning: at most two distinct values -> binary, value > 0 = object (label 1); more than two
   distinct values -> a label map, each value is a region id (0 = background), ids kept as they
   are (not relabelled; 16-bit ids work). Anti-aliased edges of a binary mask therefore become
@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from mkgan_engine.config import MaskerConfig
+from mkgan_engine.imageio import luma
 from mkgan_engine.maskers.postprocess import finalize
 from mkgan_engine.regions import RegionMap
 
@@ -76,8 +77,7 @@ def read_mask_values(path: Path) -> np.ndarray:
             return alpha
     if (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all():
         return colour[..., 0]
-    grey = colour[..., 0] * 0.114 + colour[..., 1] * 0.587 + colour[..., 2] * 0.299  # BGR
-    return np.rint(grey).astype(data.dtype)
+    return np.rint(luma(colour[..., ::-1], np.float64)).astype(data.dtype)  # BGR -> RGB
 
 
 def load_user_mask(mask_dir: Path, stem: str, shape: tuple[int, int], config: MaskerConfig) -> RegionMap | None:

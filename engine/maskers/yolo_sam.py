@@ -1,12 +1,13 @@
 """The model-based maskers of the Multi-KernelGAN paper: YOLOv8 boxes -> SAM box prompts ("yolo-sam",
 the paper's best) and SAM alone ("sam").
 
-Both run on any backend (``config.backend``): "torch" loads the user's ``--yolo-weights`` .pt and
-``--sam-checkpoint`` .pth; the others load exported files through
-``mkgan_engine.backends.loader.load_backends(config)``. Backends can also be injected (library users,
-test doubles): anything implementing the protocols of :mod:`mkgan_engine.backends.base`.
+Both run on any backend (``config.backend``), built by
+:func:`mkgan_engine.backends.loader.load_backends`: "torch" loads the user's ``--yolo-weights`` .pt
+and ``--sam-checkpoint`` .pth; the others load exported files. Backends can also be injected
+(library users, test doubles): anything implementing the protocols of
+:mod:`mkgan_engine.backends.base`; only the missing ones are loaded.
 
-Per-stage wall times of the last call are in ``masker.last_timings`` (seconds; keys "detector",
+Per-stage wall times of a call are in the returned ``RegionMap.timings`` (seconds; keys "detector",
 "sam_encoder", "sam_decoder", "postprocess", "total"; each model stage includes its own pre- and
 post-processing), and the last detections in ``masker.last_detections``.
 """
@@ -19,6 +20,7 @@ import time
 import numpy as np
 
 from mkgan_engine.backends.base import DetectorBackend, SamDecoderBackend, SamEncoderBackend
+from mkgan_engine.backends.loader import load_backends
 from mkgan_engine.config import MaskerConfig
 from mkgan_engine.maskers.detection import Detections, decode_predictions, letterbox
 from mkgan_engine.maskers.postprocess import finalize
@@ -35,19 +37,6 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image must be HxWx3 RGB, got shape {img.shape}")
     return img.astype(np.float32, copy=False)
-
-
-def _build_backends(config: MaskerConfig, need_detector: bool):
-    """(detector or None, encoder, decoder) for ``config.backend``."""
-    if config.backend == "torch":
-        from mkgan_engine.backends.torch_backend import load_torch_backends
-
-        return load_torch_backends(config.yolo_weights, config.sam_checkpoint, config.sam_type, config.device,
-                                   detector=need_detector)
-    from mkgan_engine.backends.loader import load_backends  # written with the exporters
-
-    det, enc, dec = load_backends(config)
-    return (det if need_detector else None), enc, dec
 
 
 def segment_boxes(
@@ -84,14 +73,13 @@ class _SamMaskerBase:
         self.config = config
         missing = (need_detector and detector is None) or encoder is None or decoder is None
         if missing:
-            d, e, c = _build_backends(config, need_detector and detector is None)
+            d, e, c = load_backends(config, detector=need_detector and detector is None)
             detector = detector if detector is not None else d
             encoder = encoder if encoder is not None else e
             decoder = decoder if decoder is not None else c
         self.detector: DetectorBackend | None = detector
         self.encoder: SamEncoderBackend = encoder
         self.decoder: SamDecoderBackend = decoder
-        self.last_timings: dict[str, float] = {}
         self.last_detections: Detections = Detections.empty()
         self.last_masks: np.ndarray | None = None
 
@@ -131,7 +119,7 @@ class YoloSamMasker(_SamMaskerBase):
         img = _check_image(image)
         shape = img.shape[:2]
         timings: dict[str, float] = {}
-        self.last_timings, self.last_masks = timings, None
+        self.last_masks = None
         t_start = time.perf_counter()
         det = self.detect(img)
         timings["detector"] = time.perf_counter() - t_start
@@ -140,7 +128,9 @@ class YoloSamMasker(_SamMaskerBase):
             timings["total"] = time.perf_counter() - t_start
             reason = f"no objects detected (confidence >= {self.config.detection_confidence:g})"
             log.info("yolo-sam masker: %s; one region", reason)
-            return RegionMap.single(shape, self.name, reason)
+            region_map = RegionMap.single(shape, self.name, reason)
+            region_map.timings = timings
+            return region_map
 
         masks, _ = segment_boxes(img, det.boxes, self.encoder, self.decoder, self.config.sam_mask_threshold, timings)
         self.last_masks = masks
@@ -151,6 +141,7 @@ class YoloSamMasker(_SamMaskerBase):
                           empty_reason=f"SAM returned empty masks for all {len(det)} detected boxes")
         timings["postprocess"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
+        result.timings = timings
         return result
 
 
@@ -182,7 +173,6 @@ class SamMasker(_SamMaskerBase):
         img = _check_image(image)
         shape = img.shape[:2]
         timings: dict[str, float] = {}
-        self.last_timings = timings
         t_start = time.perf_counter()
         masks, iou = segment_boxes(img, self.prompt_box(shape), self.encoder, self.decoder,
                                    self.config.sam_mask_threshold, timings)
@@ -192,4 +182,5 @@ class SamMasker(_SamMaskerBase):
                           scores={1: float(np.clip(iou[0], 0.0, 1.0))}, empty_reason="SAM returned an empty mask")
         timings["postprocess"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
+        result.timings = timings
         return result

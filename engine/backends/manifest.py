@@ -1,14 +1,19 @@
-"""``manifest.json``: what ``mkgan-engine export`` wrote, from which weights, with which tools.
+"""``manifest.json``: the runtime contract of an engines directory - which files it holds, their
+tensor shapes, the tool versions that made them and the checksums of the weights they came from.
 
-One manifest per engines directory. Each :class:`Artefact` is one model (``yolo``, ``sam_encoder``,
-``sam_decoder``) in one format (``onnx``, ``engine`` = TensorRT plan, ``aoti`` = torch AOTInductor
-``.pt2`` package), with its I/O tensor specs (dynamic dimensions named, e.g. ``num_boxes``), the
-precision, the ONNX opset, the versions of the tools that made it, the sha256 of the source weights
-and the parity error measured at export time (exported runtime vs eager torch on a fixed input).
+It lives on the runtime side: the backends read it, :mod:`mkgan_engine.export` writes it (export
+depends on the runtime, never the reverse). One manifest per engines directory.
 
-Runtime backends load artefacts through :func:`read_manifest` + :func:`verify_artefact`, which
-refuses (``ManifestMismatch``) an artefact whose source weights differ from the ones the user passes,
-or whose TensorRT / torch (AOTI) major version differs from the installed one.
+Each :class:`Artefact` is one model (``yolo``, ``sam_encoder``, ``sam_decoder``) in one format
+(``onnx``, ``engine`` = TensorRT plan, ``aoti`` = torch AOTInductor ``.pt2`` package), with its I/O
+tensor specs (dynamic dimensions named, e.g. ``num_boxes``), the precision, the ONNX opset, the
+versions of the tools that made it, the sha256 of the source weights and the parity error measured
+at export time (exported runtime vs eager torch on a fixed input).
+
+Runtime backends load artefacts through :func:`locate_artefact` (= :func:`read_manifest` +
+:func:`verify_artefact`), which refuses (``ManifestMismatch``) an artefact whose source weights
+differ from the ones the user passes, or whose TensorRT / torch (AOTI) major version differs from
+the installed one.
 
 Only the standard library is imported here (plus ``importlib.metadata``), so reading a manifest is
 cheap and works without torch/onnx installed.
@@ -51,11 +56,11 @@ TOOLS: dict[str, str] = {
 }
 
 __all__ = [
-    "Artefact",
     "BACKEND_FORMAT",
     "FORMATS",
     "MANIFEST_NAME",
     "MODELS",
+    "Artefact",
     "Manifest",
     "ManifestError",
     "ManifestMismatch",
@@ -203,7 +208,7 @@ class Artefact:
         raise KeyError(name)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Artefact":
+    def from_dict(cls, d: dict[str, Any]) -> Artefact:
         d = dict(d)
         d["inputs"] = [TensorSpec(**t) for t in d.get("inputs", [])]
         d["outputs"] = [TensorSpec(**t) for t in d.get("outputs", [])]
@@ -251,7 +256,7 @@ class Manifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
         return cls(
             artefacts=[Artefact.from_dict(a) for a in d.get("artefacts", [])],
             version=int(d.get("version", MANIFEST_VERSION)),

@@ -1,0 +1,131 @@
+"""The member-batch toolkit shared by the trainers (KernelGAN, ZSSR).
+
+A *member* is one independent small network; ``M`` members train together with a leading member
+dimension ``M`` on every tensor of their state (weights, optimiser moments, schedules, crop maps).
+Members leave the batch when they finish (compaction, :func:`take` / :func:`compact`), a member may
+restart from scratch (:meth:`MemberAdam.reset_member`), and a member gets the same updates whether
+it trains alone or in a batch (every operation here is per member and elementwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def take(value: T, index: torch.Tensor) -> T:
+    """The members ``index`` (int64 (M',) on the value's device) of a per-member value.
+
+    A tensor (M, ...) -> ``index_select`` along dim 0 (a new (M', ...) tensor; detach the input to
+    drop the autograd link); a list, tuple or dict of per-member values -> the same container of
+    taken values; any other object must have ``select(index)`` (a member net, optimiser, schedule)
+    and returns what that gives.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, index)  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {k: take(v, index) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(take(v, index) for v in value)  # type: ignore[return-value]
+    return value.select(index)  # type: ignore[attr-defined]
+
+
+def compact(obj: Any, names: Iterable[str], index: torch.Tensor) -> None:
+    """Keep only the members ``index`` (int64 (M',)) in the attributes ``names`` of ``obj`` (in
+    place: each attribute is replaced by :func:`take` of it)."""
+    for name in names:
+        setattr(obj, name, take(getattr(obj, name), index))
+
+
+def _per_member(x: torch.Tensor | float, dim: int) -> torch.Tensor | float:
+    """A per-member (M,) tensor shaped to broadcast against a (M, ...) tensor of ``dim`` dims; a
+    Python float (the same for every member) unchanged."""
+    return x.reshape((-1,) + (1,) * (dim - 1)) if isinstance(x, torch.Tensor) else x
+
+
+class MemberAdam:
+    """Adam (Kingma & Ba) over parameter tensors shaped (M, ...), one learning rate per member.
+
+    The moments ``exp_avg`` / ``exp_avg_sq`` have the parameters' shapes and dtypes (gradients are
+    cast to them), so they are per member. Step counts, which drive the bias corrections
+    ``1 - beta**t``, come in one of two forms, fixed at construction:
+
+    * ``shared_steps=False`` (KernelGAN): ``steps`` int64 (M,) on the device, one count per member;
+      bias corrections are float32 tensors (M,) computed on the device, so a member can restart
+      (:meth:`reset_member`) while the others go on.
+    * ``shared_steps=True`` (ZSSR): all members start together and only ever leave the batch, so one
+      host count ``steps`` (int) serves all; bias corrections are Python floats (double precision).
+
+    Both forms are free of host synchronisation, and the update itself is the same float operations
+    in the same order; they differ in the rounding of the bias corrections (float32 pow vs double),
+    which is why each trainer keeps the form its reference outputs were made with.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        shared_steps: bool = False,
+    ) -> None:
+        self.betas = betas
+        self.eps = eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps: torch.Tensor | int = (
+            0 if shared_steps else torch.zeros(params[0].shape[0], dtype=torch.int64, device=params[0].device)
+        )
+
+    @property
+    def shared_steps(self) -> bool:
+        return not isinstance(self.steps, torch.Tensor)
+
+    def _bias_corrections(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """Advance the step counts; (1 - beta1**t, sqrt(1 - beta2**t)) per member (float32 (M,)) or
+        shared (Python floats)."""
+        b1, b2 = self.betas
+        self.steps += 1
+        if isinstance(self.steps, torch.Tensor):
+            t = self.steps.to(torch.float32)
+            bc1 = 1.0 - torch.pow(torch.tensor(b1, device=t.device), t)
+            bc2_sqrt = torch.sqrt(1.0 - torch.pow(torch.tensor(b2, device=t.device), t))
+            return bc1, bc2_sqrt
+        return 1.0 - b1**self.steps, (1.0 - b2**self.steps) ** 0.5
+
+    @torch.no_grad()
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
+        """In-place update of ``params`` (the tensors the moments were made for, or their
+        :func:`take` after a compaction) with ``grads``; lr: float32 (M,) step size per member (0
+        freezes a member's weights)."""
+        b1, b2 = self.betas
+        bc1, bc2_sqrt = self._bias_corrections()
+        scale = lr / bc1
+        for p, g, m, v in zip(params, grads, self.exp_avg, self.exp_avg_sq):
+            g = g.to(m.dtype)
+            m.mul_(b1).add_(g, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = (v.sqrt() / _per_member(bc2_sqrt, p.dim())).add_(self.eps)
+            p.sub_(_per_member(scale, p.dim()) * m / denom)
+
+    def select(self, index: torch.Tensor) -> MemberAdam:
+        """The state of the members ``index`` (int64 (M',)) only; step them with the parameters'
+        :func:`take` at the same index."""
+        out = MemberAdam.__new__(MemberAdam)
+        out.betas, out.eps = self.betas, self.eps
+        out.exp_avg, out.exp_avg_sq = take(self.exp_avg, index), take(self.exp_avg_sq, index)
+        out.steps = self.steps if self.shared_steps else take(self.steps, index)
+        return out
+
+    @torch.no_grad()
+    def reset_member(self, member: int) -> None:
+        """Forget one member's moments and step count (a restart); needs per-member step counts."""
+        if self.shared_steps:
+            raise ValueError("reset_member needs per-member step counts (shared_steps=False)")
+        for m, v in zip(self.exp_avg, self.exp_avg_sq):
+            m[member] = 0
+            v[member] = 0
+        self.steps[member] = 0  # type: ignore[index]
