@@ -26,7 +26,7 @@ for e in report["images"]:
     if e["status"] == "ok":
         for r in e["regions"]:
             k = r["kernel"]
-            print(f"{e['input'].split('/')[-1]:<18} {r['name']:<11} {r['estimator']:<6} sigma {k['sigma_major_px']:.2f}/{k['sigma_minor_px']:.2f} px "
+            print(f"{e['input'].split('/')[-1]:<18} {r['name']:<25} {r['estimator']:<6} sigma {k['sigma_major_px']:.2f}/{k['sigma_minor_px']:.2f} px "
                   f"at {k['theta_deg']:5.1f} deg, {r['confidence']['windows']} windows, spread {r['confidence']['spread_px']}")
         print(f"{'':<18} metrics {e['metrics']}, timings {e['timings_s']}")
 EOF

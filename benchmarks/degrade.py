@@ -7,9 +7,22 @@ Protocol S: an elliptical object mask per image; a sharp kernel inside (lambda ~
 wide one outside (lambda ~ U(2.5, 5.0)), or the reverse (chosen per image); the two blurred HR
 images are blended with the mask, then subsampled. Ground truth: both kernels and the LR mask.
 
-Writes OUT/{lr,hr,kernels,masks}/ and OUT/meta.json (seed, parameters per image).
+Protocol V (spatially varying blur that does not follow an object; after MANet's spatially variant
+test modes), alternating per image: "nested" (even images) - three nested ellipses (outer ring = the
+image, a middle ring, a core) with a sharp (lambda ~ U(0.35, 1.2)), a medium (U(1.5, 2.5)) and a wide
+(U(3.2, 5.0)) kernel in random order; "smooth" (odd images) - an isotropic kernel whose variance runs
+linearly from top to bottom between U(0.35, 1.0) and U(3.5, 5.0) (direction random), blended from
+nine kernel levels per HR row (blur is linear, so blending blurred images = blurring with the blended
+kernel). Ground truth: for "nested" the label map (0 outer, 1 middle, 2 core) and its three kernels;
+for "smooth" the per-row kernel is in meta.json, and the mask/kernels written are three horizontal
+bands with each band's middle-row kernel (the 3-region upper bound, approximate within a band).
+
+Writes OUT/{lr,hr,kernels,masks}/ and OUT/meta.json (seed, parameters per image). Kernel files:
+``<name>_kernel.mat`` (U), ``<name>_{inside,outside}.mat`` (S), ``<name>_label<i>.mat`` (V); masks
+are 0/255 (S) or the label ids 0, 1, 2 (V).
 
     python benchmarks/degrade.py --protocol U --sets set5,set14 --scale 2 --seed 0 --out benchmarks/data/U_x2
+    python benchmarks/degrade.py --protocol V --sets set5,set14 --limit 4 --max-side 512 --seed 0 --out benchmarks/data/V_x2_medium
 """
 
 from __future__ import annotations
@@ -60,8 +73,71 @@ def crop_to_multiple(image: np.ndarray, scale: int, max_side: int | None) -> np.
     return image[top : top + h, left : left + w]
 
 
-def make_one(hr: np.ndarray, protocol: str, scale: int, rng: np.random.Generator) -> dict:
-    """Returns {"lr", "kernels": {name: k}, "mask_lr" (S only), "params"}."""
+def _nested_labels(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """int32 HxW: 0 outside, 1 in a middle ellipse (~55 % of the image), 2 in a core ellipse (~20 %)
+    inside it, both at a random angle near the centre."""
+    h, w = shape
+    cy, cx = rng.uniform(0.42, 0.58) * h, rng.uniform(0.42, 0.58) * w
+    angle = rng.uniform(0, math.pi)
+    rows, cols = np.indices(shape, dtype=np.float64)
+    u = (cols - cx) * math.cos(angle) + (rows - cy) * math.sin(angle)
+    v = -(cols - cx) * math.sin(angle) + (rows - cy) * math.cos(angle)
+    aspect = rng.uniform(0.75, 1.33)
+    labels = np.zeros(shape, np.int32)
+    for label, share in ((1, 0.55), (2, 0.2)):
+        a = math.sqrt(share * h * w / math.pi * aspect)
+        b = share * h * w / (math.pi * a)
+        labels[(u / min(a, 0.48 * w)) ** 2 + (v / min(b, 0.48 * h)) ** 2 <= 1.0] = label
+    return labels
+
+
+def _make_v(hr: np.ndarray, index: int, scale: int, rng: np.random.Generator) -> dict:
+    """Protocol V (see the module docstring): "nested" for even ``index``, "smooth" for odd."""
+    from mkgan_engine.train.degradation import anisotropic_gaussian
+    from mkgan_engine.train.kernel import shift_to_center
+
+    h = hr.shape[0]
+    if index % 2 == 0:
+        ranges = [(0.35, 1.2), (1.5, 2.5), (3.2, 5.0)]
+        order = rng.permutation(3)
+        kernels, params = [], []
+        for label in range(3):
+            k, p = random_kernel(rng, size=11, scale=2, lambda_range=ranges[order[label]])
+            kernels.append(kernel_for_scale(k, scale))
+            params.append(p)
+        labels_hr = _nested_labels(hr.shape[:2], rng)
+        blurred = [degrade(hr, k, scale) for k in kernels]
+        labels_lr = labels_hr[::scale, ::scale][: blurred[0].shape[0], : blurred[0].shape[1]]
+        lr = np.choose(labels_lr[..., None], blurred).astype(np.float32)
+        return {"lr": lr, "kernels": {f"label{i}": k for i, k in enumerate(kernels)}, "mask_lr": labels_lr,
+                "params": {"mode": "nested", "labels": params}}
+    top, bottom = rng.uniform(0.35, 1.0), rng.uniform(3.5, 5.0)
+    if rng.uniform() < 0.5:
+        top, bottom = bottom, top
+    levels = np.linspace(top, bottom, 9)
+
+    def level_kernel(variance: float) -> np.ndarray:
+        return kernel_for_scale(shift_to_center(anisotropic_gaussian(11, variance, variance, 0.0, 2), 2), scale)
+
+    blurred = np.stack([degrade(hr, level_kernel(v), scale) for v in levels])  # 9, h, w, c
+    h_lr = blurred.shape[1]
+    position = (np.arange(h_lr) * scale + (scale - 1) / 2) / max(h - 1, 1) * (len(levels) - 1)  # LR row -> level
+    low = np.clip(np.floor(position).astype(int), 0, len(levels) - 2)
+    frac = (position - low)[:, None, None]
+    rows = np.arange(h_lr)
+    lr = ((1 - frac) * blurred[low, rows] + frac * blurred[low + 1, rows]).astype(np.float32)
+    bands = np.minimum(np.arange(h_lr) * 3 // h_lr, 2)
+    labels_lr = np.repeat(bands[:, None], lr.shape[1], axis=1).astype(np.int32)
+    band_variance = [float(np.interp((b + 0.5) / 3, [0, 1], [top, bottom])) for b in range(3)]
+    return {"lr": lr, "kernels": {f"label{b}": level_kernel(v) for b, v in enumerate(band_variance)},
+            "mask_lr": labels_lr, "params": {"mode": "smooth", "variance_top": float(top), "variance_bottom": float(bottom),
+                                              "band_variances": band_variance}}
+
+
+def make_one(hr: np.ndarray, protocol: str, scale: int, rng: np.random.Generator, index: int = 0) -> dict:
+    """Returns {"lr", "kernels": {name: k}, "mask_lr" (S, V), "params"}; ``index`` picks V's mode."""
+    if protocol == "V":
+        return _make_v(hr, index, scale, rng)
     if protocol == "U":
         k2, params = random_kernel(rng, size=11, scale=2)
         kernel = kernel_for_scale(k2, scale)
@@ -82,7 +158,7 @@ def make_one(hr: np.ndarray, protocol: str, scale: int, rng: np.random.Generator
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", choices=["U", "S"], required=True)
+    parser.add_argument("--protocol", choices=["U", "S", "V"], required=True)
     parser.add_argument("--sets", default="set5,set14", help="comma-separated folders of --images")
     parser.add_argument("--images", type=Path, default=SHARED_IMAGES)
     parser.add_argument("--scale", type=int, choices=[2, 4], default=2)
@@ -102,14 +178,16 @@ def main(argv: list[str] | None = None) -> None:
             # One generator per image, derived from (seed, set, index): adding images never changes others.
             rng = np.random.default_rng([args.seed, zlib.crc32(set_name.encode()), index])
             hr = crop_to_multiple(read_image(path).rgb, args.scale, args.max_side or None)
-            made = make_one(hr, args.protocol, args.scale, rng)
+            made = make_one(hr, args.protocol, args.scale, rng, index)
             like = LoadedImage(hr)
             write_image(args.out / "hr" / f"{name}.png", encode_like(hr, like))
             write_image(args.out / "lr" / f"{name}.png", encode_like(made["lr"], like))
             for kname, k in made["kernels"].items():
                 save_kernel(args.out / "kernels" / f"{name}_{kname}.mat", k)
             if "mask_lr" in made:
-                write_image(args.out / "masks" / f"{name}.png", made["mask_lr"].astype(np.uint8) * 255)
+                mask = made["mask_lr"]
+                stored = mask.astype(np.uint8) * 255 if mask.dtype == bool else mask.astype(np.uint8)
+                write_image(args.out / "masks" / f"{name}.png", stored)
             meta["images"][name] = {"source": str(path.relative_to(args.images)), **made["params"]}
             print(f"{name}: HR {hr.shape[1]}x{hr.shape[0]} -> LR {made['lr'].shape[1]}x{made['lr'].shape[0]}")
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -35,7 +35,7 @@ from mkgan_engine.train.degradation import anisotropic_gaussian, degrade  # noqa
 from mkgan_engine.train.kernel import kernel_error  # noqa: E402
 from mkgan_engine.train.kernelgan import estimate_kernels  # noqa: E402
 from mkgan_engine.train.merge import merge_regions  # noqa: E402
-from mkgan_engine.train.zssr import super_resolve  # noqa: E402
+from mkgan_engine.train.zssr import run_zssr  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / "samples" / "hr"
 
@@ -71,9 +71,9 @@ def run_case(lr, labels, kg: KernelGANConfig, zs: ZSSRConfig, device: str, batch
     sync(device)
     t1 = time.perf_counter()
     if batched:
-        srs = super_resolve(lr, kernels, 2, zs, masks=masks, seeds=seeds, device=device)
+        srs = run_zssr(lr, kernels, 2, zs, masks=masks, seeds=seeds, device=device).images
     else:
-        srs = [super_resolve(lr, [k], 2, zs, masks=[m], seeds=[s], device=device)[0] for k, m, s in zip(kernels, masks, seeds)]
+        srs = [run_zssr(lr, [k], 2, zs, masks=[m], seeds=[s], device=device).images[0] for k, m, s in zip(kernels, masks, seeds)]
     sync(device)
     t2 = time.perf_counter()
     labels_hr = np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1)

@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         yolo, sam = random_weights(args.work / "weights")
         engines = args.work / "engines"
         if any(b != "torch" for b in backends) and not (engines / "manifest.json").exists():
-            from mkgan_engine.export.exporter import export_models
+            from mkgan_engine.export.exporter import ExportOptions, export_models
 
-            export_models(yolo, sam, "vit_b", ["onnx"], engines)
+            export_models(ExportOptions(yolo, sam, "vit_b", ["onnx"], engines))
         image = images[0]
         for backend in backends:
             config = MaskerConfig(name="yolo-sam", backend=backend, yolo_weights=yolo, sam_checkpoint=sam,  # type: ignore[arg-type]

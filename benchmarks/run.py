@@ -5,8 +5,9 @@ Methods (all through the library API):
   zssr-bicubic   ZSSR with the bicubic x2 kernel (the classic non-blind baseline)
   kernelgan      KernelGAN + ZSSR, one kernel per image (masker "none")
   kenet          KENet + ZSSR, one kernel per image (masker "none")
-  ours-<masker>  one kernel per region (--kernel-estimator) + ZSSR with a weight-free masker (fft, edges, gradient)
-  ours-gtmask    the same with the ground-truth mask (protocol S only)
+  ours-<masker>  one kernel per region (--kernel-estimator) + ZSSR with a weight-free masker (blur, fft, edges,
+                 gradient); ours-blur-k<K>: the blur masker with --max-regions K; ours-blur-reblur: its weight-free map
+  ours-gtmask    the same with the ground-truth mask (protocols S and V)
   gt-kernels     ZSSR with the ground-truth kernel(s) and mask: the upper bound
 
 Every (image, method, seed) is one row of OUT/runs.csv, written as soon as it is measured; the
@@ -45,7 +46,8 @@ from mkgan_engine.train.config import KERNEL_ESTIMATORS, KERNEL_MODELS, KernelGA
 from mkgan_engine.train.degradation import resize_bicubic
 from mkgan_engine.train.kernel import kernel_error, load_kernel
 
-ALL_METHODS = ("bicubic", "zssr-bicubic", "kernelgan", "kenet", "ours-fft", "ours-edges", "ours-gradient", "ours-gtmask", "gt-kernels")
+ALL_METHODS = ("bicubic", "zssr-bicubic", "kernelgan", "kenet", "ours-blur", "ours-fft", "ours-edges", "ours-gradient", "ours-gtmask",
+               "gt-kernels")
 
 
 def bicubic_kernel_x2(size: int = 13) -> np.ndarray:
@@ -62,7 +64,7 @@ def bicubic_kernel_x2(size: int = 13) -> np.ndarray:
 
 
 class Sample:
-    """One image of a degrade.py dataset: LR, HR, true kernels, true mask (protocol S)."""
+    """One image of a degrade.py dataset: LR, HR, true kernels, true mask (protocols S and V)."""
 
     def __init__(self, root: Path, name: str, protocol: str):
         self.name = name
@@ -71,6 +73,13 @@ class Sample:
         if protocol == "U":
             self.kernels = {0: load_kernel(root / "kernels" / f"{name}_kernel.mat")}
             self.truth_map = RegionMap.single(self.lr.shape[:2], source="truth")
+        elif protocol == "V":
+            from PIL import Image
+
+            labels = np.asarray(Image.open(root / "masks" / f"{name}.png")).astype(np.int32)
+            ids = [int(i) for i in np.unique(labels)]
+            self.kernels = {i: load_kernel(root / "kernels" / f"{name}_label{i}.mat") for i in ids}
+            self.truth_map = RegionMap(labels, [RegionInfo(i, f"label {i}", "truth") for i in ids])
         else:
             self.kernels = {0: load_kernel(root / "kernels" / f"{name}_outside.mat"),
                             1: load_kernel(root / "kernels" / f"{name}_inside.mat")}
@@ -83,16 +92,27 @@ class Sample:
         return self.kernels[max(votes, key=votes.get)]
 
 
+def method_masker(method: str) -> MaskerConfig:
+    """The masker a method runs with: "none" for the one-kernel and given-mask methods, the named one for
+    ours-<masker>; ours-blur-k<K> = blur with max_regions K, ours-blur-reblur = blur with the weight-free map."""
+    if method in ("kernelgan", "kenet", "ours-gtmask", "zssr-bicubic", "gt-kernels"):
+        return MaskerConfig(name="none")
+    name = method.removeprefix("ours-")
+    if name.startswith("blur-k"):
+        return MaskerConfig(name="blur", max_regions=int(name.removeprefix("blur-k")))
+    if name == "blur-reblur":
+        return MaskerConfig(name="blur", blur_map="reblur")
+    return MaskerConfig(name=name)  # type: ignore[arg-type]
+
+
 def run_method(method: str, sample: Sample, base: EngineConfig, seed: int) -> tuple[np.ndarray, Result | None]:
     """Returns (SR image float32 HxWx3 in [0,1], the engine Result or None for bicubic)."""
     if method == "bicubic":
         x = torch.from_numpy(np.ascontiguousarray(sample.lr.transpose(2, 0, 1)))[None]
         return np.clip(resize_bicubic(x, float(base.scale))[0].numpy().transpose(1, 2, 0), 0, 1), None
-    masker = {"kernelgan": "none", "kenet": "none", "ours-gtmask": "none", "zssr-bicubic": "none", "gt-kernels": "none"}.get(
-        method, method.removeprefix("ours-"))
-    estimator = method if method in ("kernelgan", "kenet") else base.kernel_estimator
-    config = EngineConfig(scale=base.scale, preset=base.preset, device=base.device, seed=seed, kernel_estimator=estimator,  # type: ignore[arg-type]
-                          masker=MaskerConfig(name=masker), kenet=base.kenet, kernelgan=base.kernelgan, zssr=base.zssr)  # type: ignore[arg-type]
+    config = EngineConfig(scale=base.scale, preset=base.preset, device=base.device, seed=seed,
+                          kernel_estimator=method if method in ("kernelgan", "kenet") else base.kernel_estimator,  # type: ignore[arg-type]
+                          masker=method_masker(method), kenet=base.kenet, kernelgan=base.kernelgan, zssr=base.zssr)
     engine = Engine(config)
     if method == "zssr-bicubic":
         result = engine.run(sample.lr, region_map=RegionMap.single(sample.lr.shape[:2], "none"), kernels=[bicubic_kernel_x2()])
@@ -322,9 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     names = sorted(meta["images"])[: args.limit or None]
     methods = [m for m in args.methods.split(",") if not (m == "ours-gtmask" and protocol == "U")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    base = EngineConfig(scale=scale, preset=args.preset, device=args.device, kernel_estimator=args.kernel_estimator)  # type: ignore[arg-type]
-    base.kernelgan = override_config(base.kernelgan.with_(kernel_model=args.kernel_model), args.kernelgan)
-    base.zssr = override_config(base.zssr, args.zssr)
+    base = EngineConfig(scale=scale, preset=args.preset, device=args.device, kernel_estimator=args.kernel_estimator).resolved()  # type: ignore[arg-type]
+    base = dataclasses.replace(base, kernelgan=override_config(base.kernelgan.with_(kernel_model=args.kernel_model), args.kernelgan),
+                               zssr=override_config(base.zssr, args.zssr))
     args.out.mkdir(parents=True, exist_ok=True)
     settings = run_settings(args, base, meta)
     rows = [r for r in load_runs(args.out, settings) if r["image"] in names]
