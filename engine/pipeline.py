@@ -172,9 +172,14 @@ class Engine:
     def masker(self):
         """The configured masker, built on first use (loads weights once)."""
         if self._masker is None:
-            from mkgan_engine.maskers import build_masker
+            if self.config.masker.resolved_name() == "blur" and self.config.masker.blur_map == "kenet":
+                from mkgan_engine.maskers.blur import BlurMasker
 
-            self._masker = build_masker(self.config.masker)
+                self._masker = BlurMasker(self.config.masker, model=self.kenet_model)  # one KENet for map and kernels
+            else:
+                from mkgan_engine.maskers import build_masker
+
+                self._masker = build_masker(self.config.masker)
         return self._masker
 
     def check_size(self, image: np.ndarray) -> None:

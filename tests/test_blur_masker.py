@@ -207,3 +207,10 @@ def test_preview_shows_the_blur_map_beside_regions_and_kernels():
     assert with_map.shape[1] == without.shape[1] + 80 + 4 and with_map.shape[0] == 64
     heat = with_map[32:, :80].astype(int)  # below the legend: blue on the sharp side, red on the blurred side
     assert heat[:, 10, 0] .mean() > heat[:, 10, 2].mean() and heat[:, 70, 2].mean() > heat[:, 70, 0].mean()
+
+
+def test_engine_shares_its_kenet_with_the_blur_masker():
+    from mkgan_engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(device="cpu"))
+    assert engine.masker.name == "blur" and engine.masker._model is engine.kenet_model

@@ -305,15 +305,18 @@ class BlurMasker:
     """``--masker blur``: regions that follow the local blur (see the module docstring).
 
     config: uses ``blur_map`` ("kenet" or "reblur"), ``max_regions``, ``min_region_area`` (the crop every
-    region must hold), ``blocky_factor`` and ``device`` (KENet). The KENet weights are the shipped ones.
+    region must hold), ``blocky_factor`` and ``device`` (KENet). model: a loaded KENet to share (the
+    :class:`~mkgan_engine.Engine` passes its own, so the map and the region kernels use the same
+    weights); without one the shipped weights are loaded on first use.
     """
 
     name = "blur"
 
-    def __init__(self, config: MaskerConfig | None = None, settings: BlurMapSettings = BlurMapSettings()) -> None:
+    def __init__(self, config: MaskerConfig | None = None, settings: BlurMapSettings = BlurMapSettings(),
+                 model=None) -> None:
         self.config = config or MaskerConfig(name="blur")
         self.settings = settings
-        self._model = None
+        self._model = model
 
     def blur_map(self, image: np.ndarray) -> BlurMap:
         """The local blur map of an LR image (float32 HxWx3 RGB in [0, 1])."""
