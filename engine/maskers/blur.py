@@ -22,13 +22,13 @@ Texture maskers (fft, edges, gradient) split an image by *content*; this one spl
    were measured on S-/U-medium-8 (``benchmarks/masker_quality.py``, docs/blur-masker.md).
 4. Pixels: the window features interpolated bilinearly to every pixel, each pixel to the nearest
    centroid (a window straddling a boundary sees a mix, so the boundary falls between the two sides'
-   estimates). A region that cannot hold one kernel-estimator crop is a transition band between two
-   others or too small: its centroid is dropped and its pixels go to the nearest remaining centroid.
+   estimates). A region that cannot hold one crop of the trainers (``min_region_area``: 48 px with
+   KENet, 64 px with KernelGAN) is a transition band between two others or too small: its centroid is dropped and its pixels go to the nearest remaining centroid.
 5. :func:`~mkgan_engine.maskers.postprocess.finalize`: closing, largest component, blocky grid,
    minimum area - the rules every masker follows. Label 0 is the largest region.
 
-The RegionMap carries ``maps["blur_sigma"]``: float32 HxW, the local major-axis kernel sigma (HR px)
-of the map, for previews.
+The RegionMap carries ``maps["blur_sigma"]``: float32 HxW, the local kernel sigma (HR px, geometric
+mean of the two axes) of the map, for previews.
 """
 
 from __future__ import annotations
