@@ -214,3 +214,18 @@ def test_engine_shares_its_kenet_with_the_blur_masker():
 
     engine = Engine(EngineConfig(device="cpu"))
     assert engine.masker.name == "blur" and engine.masker._model is engine.kenet_model
+
+
+@pytest.mark.slow
+def test_one_blur_region_is_exactly_one_kernel(lr_levels):
+    """K = 1 (uniform blur) gives the same kernel and the same SR bytes as `--masker none`."""
+    from mkgan_engine import Engine, EngineConfig
+    from mkgan_engine.train.config import ZSSRConfig
+
+    image = np.ascontiguousarray(lr_levels[MEDIUM][:96, :96])
+    zssr = ZSSRConfig.preset("fast").with_(iterations=8, min_iterations=4, self_ensemble=False)
+    results = [Engine(EngineConfig(device="cpu", masker=MaskerConfig(name=name), zssr=zssr)).run(image)
+               for name in ("blur", "none")]
+    assert len(results[0].regions) == 1
+    np.testing.assert_array_equal(results[0].regions[0].kernel, results[1].regions[0].kernel)
+    np.testing.assert_array_equal(results[0].sr, results[1].sr)
