@@ -25,7 +25,7 @@ class MaskerConfig:
 
     name "auto" means yolo-sam when YOLO and SAM weights (or exported engines) are given, else
     "blur" (regions where the local blur differs, K = 1..max_regions per image; on S-medium-8 it
-    gains 0.5 dB over one kernel, and picks one region on 7 of 8 uniformly blurred images; see
+    gains 0.6 dB over one kernel, and picks one region on 7 of 8 uniformly blurred images; see
     docs/blur-masker.md). backend: which runtime runs YOLO/SAM (torch loads the user's .pt/.pth;
     the others load the files written by ``mkgan-engine export`` from ``engines_dir``). mask_dir: user masks (same stem as the
     image, single-channel PNG, >0 = object or a label map) that bypass the masker.
