@@ -45,10 +45,17 @@ class MaskerConfig:
     detection_confidence: float = 0.5
     sam_mask_threshold: float = 0.5  # on the mask probability (sigmoid of SAM's logits)
     blocky_factor: float = 0.15
-    min_region_area: int = KernelGANConfig.crop_size**2  # room for one KernelGAN crop (64x64)
+    min_region_area: int | None = None  # None: the crop of the trainers in use (EngineConfig.resolved)
     max_regions: int = 3
     blur_map: BlurMapName = "kenet"
     device: str = "cpu"
+
+    @property
+    def region_area(self) -> int:
+        """The minimum region area in LR px^2: ``min_region_area``, or when that is None (not given)
+        room for one KernelGAN crop (64x64); :meth:`EngineConfig.resolved` fills it in from the
+        trainers the engine will use."""
+        return KernelGANConfig.crop_size**2 if self.min_region_area is None else self.min_region_area
 
     def resolved_name(self) -> str:
         """The masker that "auto" stands for with these weights."""
@@ -127,6 +134,6 @@ class EngineConfig:
         kernelgan = KernelGANConfig.preset(self.preset) if self.kernelgan is None else self.kernelgan
         zssr = ZSSRConfig.preset(self.preset) if self.zssr is None else self.zssr
         masker = replace(self.masker, device=device)
-        if masker.min_region_area == MaskerConfig.min_region_area:  # not set by the caller: the trainers' crop
+        if masker.min_region_area is None:  # not given: the crop of the trainers in use
             masker = replace(masker, min_region_area=region_crop(self.kernel_estimator, kernelgan, zssr) ** 2)
         return replace(self, device=device, masker=masker, kernelgan=kernelgan, zssr=zssr)

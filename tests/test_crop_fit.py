@@ -135,7 +135,7 @@ def _assert_trainers_need_no_fallback(image: np.ndarray, rmap: RegionMap, what: 
 
 def test_masker_crop_is_kernelgans_crop_and_covers_the_trainers():
     cfg = MaskerConfig()
-    assert cfg.min_region_area == KGAN.crop_size**2
+    assert cfg.min_region_area is None and cfg.region_area == KGAN.crop_size**2
     assert max(TRAINER_CROPS.values()) == KGAN.crop_size  # the masker checks the largest crop
     assert ZSSR_FAST.region_min_inside == MIN_INSIDE  # and the trainers' threshold
 

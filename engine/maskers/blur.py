@@ -337,7 +337,7 @@ class BlurMasker:
             return RegionMap.single(shape, self.name, f"image is {shape[1]}x{shape[0]} px, smaller than the "
                                                       f"{self.settings.window} px windows of the blur map: one kernel")
         blur_map = self.blur_map(image)
-        crop = crop_side(self.config.min_region_area)
+        crop = crop_side(self.config.region_area)
         labels, centroids = blur_regions(blur_map, shape, self.config.max_regions, crop, self.settings)
         maps = {"blur_sigma": blur_map.sigma_image(shape)}
         if len(centroids) == 1:

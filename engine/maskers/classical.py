@@ -49,7 +49,7 @@ def _window(shape: tuple[int, int]) -> int:
 
 def _island_size(config: MaskerConfig, shape: tuple[int, int]) -> int:
     """Islands / holes smaller than this are removed before post-processing."""
-    return int(max(16, min(config.min_region_area, 0.02 * shape[0] * shape[1])))
+    return int(max(16, min(config.region_area, 0.02 * shape[0] * shape[1])))
 
 
 def _threshold_at_mean(score: np.ndarray) -> np.ndarray:

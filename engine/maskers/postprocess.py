@@ -18,8 +18,8 @@ LR size (HR masks come later from :meth:`RegionMap.upscale`, so LR and HR grids 
    last row/column of blocks may be partial. Label maps stay constant on every block. The
    largest-component rule runs again afterwards (the resampling can cut a thin neck), which
    keeps the blocks whole.
-3. minimum area (always, unless ``config.min_region_area <= 0``): a region (background included)
-   is too small when it has fewer than ``config.min_region_area`` pixels, or when it holds no
+3. minimum area (always, unless ``config.region_area <= 0``): a region (background included)
+   is too small when it has fewer than ``config.region_area`` pixels, or when it holds no
    ``crop x crop`` crop by the trainers' own rule (:func:`mkgan_engine.train.crop_fit.holds_crop`:
    centre in the region, >= 90 % of the crop inside it; ``crop = round(sqrt(min_region_area))``,
    KernelGAN's 64 px by default, clipped to the image), so the trainers find crops in every region
@@ -245,7 +245,7 @@ def finalize(
     """Raw masker output -> post-processed :class:`RegionMap` at the same (LR) size.
 
     labels: bool HxW object mask (True -> label 1 "object") or integer HxW label map (0 =
-    background, other ids kept as given). config: uses ``blocky_factor`` and ``min_region_area``.
+    background, other ids kept as given). config: uses ``blocky_factor`` and ``region_area``.
     source: what produced the regions ("fft", "yolo-sam", "user", ...), stored in every RegionInfo.
     names / scores: optional per-label name and confidence (missing -> "background" for 0,
     "object" when the input has one object label, else "region <id>"; score None).
@@ -284,7 +284,7 @@ def finalize(
             b = block_size(config.blocky_factor)
             return RegionMap.single(shape, source, f"the object region vanished in the {b}x{b} px blocky mask (too thin)")
 
-    lab, messages = enforce_min_area(lab, config.min_region_area, crop=crop_size, names=names)
+    lab, messages = enforce_min_area(lab, config.region_area, crop=crop_size, names=names)
     ids = [int(i) for i in _present(lab)[0]]
     if len(ids) <= 1:
         reason = "; ".join(messages) or "only one region left after post-processing"
