@@ -12,11 +12,20 @@ memory, and the kernels' and PSNR's agreement between the two paths.
     # the CPU figure on the 2-core machine:
     python benchmarks/gpu_throughput.py --device cpu --preset fast --size 128 --images 2 \
         --results benchmarks/RESULTS.md --section cpu-throughput
+    # the GPU check kit's reduced run (benchmarks/gpu_check.sh): shorter schedules, one warm-up, JSON
+    python benchmarks/gpu_throughput.py --device cuda --preset paper --size 256 --images 2 --warmup 1 \
+        --kernelgan iterations=1000 --zssr iterations=1000 --json OUT/throughput.json
+
+``--warmup N`` first runs N untimed images (the first photo, both paths, at most 50 iterations per
+stage: CUDA context, cuDNN plans, the masked-crop op, the allocator); ``--kernelgan NAME=VALUE`` /
+``--zssr NAME=VALUE`` override config fields as in benchmarks/run.py; ``--json`` gets the table's
+numbers and every image's, rewritten after each image (a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -26,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import publish  # noqa: E402  (benchmarks/run.py)
+from run import add_override_option, override_config, publish  # noqa: E402  (benchmarks/run.py)
 
 from mkgan_engine.imageio import read_image  # noqa: E402
 from mkgan_engine.metrics import psnr  # noqa: E402
@@ -82,6 +91,27 @@ def run_case(lr, labels, kg: KernelGANConfig, zs: ZSSRConfig, device: str, batch
     return {"kernelgan": t1 - t0, "zssr": t2 - t1, "merge": t3 - t2, "total": t3 - t0, "kernels": kernels, "sr": sr}
 
 
+WARMUP_ITERATIONS = 50  # per stage in a --warmup run
+
+
+def capped(kg: KernelGANConfig, zs: ZSSRConfig, iterations: int) -> tuple[KernelGANConfig, ZSSRConfig]:
+    """The configs with at most ``iterations`` iterations per stage (warm-up runs)."""
+    n = min(iterations, kg.iterations, zs.iterations)
+    return kg.with_(iterations=n), zs.with_(iterations=n, min_iterations=min(zs.min_iterations, n))
+
+
+def write_json(path: Path | None, header: dict, runs: dict[str, list[dict]], rows: list[tuple[str, dict, float]],
+               complete: bool) -> None:
+    """Every image's seconds and Y-PSNR per path, and (when ``complete``) the table's means."""
+    if path is None:
+        return
+    strip = [{k: v for k, v in r.items() if k not in ("kernels", "sr")} for path_runs in runs.values() for r in path_runs]
+    data = {**header, "complete": complete, "runs": strip,
+            "paths": [{"path": name, **mean, "images_per_hour": 3600 / mean["total"],
+                       "peak_gib": None if np.isnan(peak) else peak} for name, mean, peak in rows]}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -90,35 +120,53 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=2, help="how many photos from --dir")
     parser.add_argument("--dir", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--paths", default="batched,unbatched")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed warm-up images before the timed ones")
+    add_override_option(parser, "kernelgan", "iterations=1000")
+    add_override_option(parser, "zssr", "iterations=1000")
+    parser.add_argument("--json", type=Path, help="write the numbers here too (JSON)")
     parser.add_argument("--results", type=Path)
     parser.add_argument("--section", default="throughput")
     args = parser.parse_args(argv)
 
-    kg, zs = KernelGANConfig.preset(args.preset), ZSSRConfig.preset(args.preset)
+    kg = override_config(KernelGANConfig.preset(args.preset), args.kernelgan)
+    zs = override_config(ZSSRConfig.preset(args.preset), args.zssr)
     photos = sorted(p for p in args.dir.iterdir() if p.suffix.lower() in {".png", ".jpg"})[: args.images]
     cuda = args.device.startswith("cuda")
-    rows, outputs = [], {}
-    for path_name in args.paths.split(","):
-        batched = path_name == "batched"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        runs = []
-        for photo in photos:
-            lr, hr, labels = make_case(photo, args.size)
-            out = run_case(lr, labels, kg, zs, args.device, batched)
+    paths = args.paths.split(",")
+    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
+    header = {"device": device_name, "torch": torch.__version__, "preset": args.preset, "size": args.size,
+              "kernelgan_overrides": args.kernelgan, "zssr_overrides": args.zssr, "warmup": args.warmup}
+    for _ in range(args.warmup):
+        lr, _hr, labels = make_case(photos[0], args.size)
+        for path_name in paths:
+            run_case(lr, labels, *capped(kg, zs, WARMUP_ITERATIONS), args.device, path_name == "batched")
+    runs: dict[str, list[dict]] = {name: [] for name in paths}
+    peaks = {name: 0.0 if cuda else float("nan") for name in paths}
+    for photo in photos:  # image by image, both paths: a run cut short has both paths of its first images
+        lr, hr, labels = make_case(photo, args.size)
+        for path_name in paths:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            out = run_case(lr, labels, kg, zs, args.device, path_name == "batched")
             out["psnr"] = psnr(out["sr"], hr, shave=2, y=True)
-            runs.append(out)
+            out.update(image=photo.name, path=path_name)
+            if cuda:
+                peaks[path_name] = max(peaks[path_name], torch.cuda.max_memory_allocated() / 2**30)
+            runs[path_name].append(out)
             print(f"{path_name:9s} {photo.name}: {out['total']:.1f} s (KernelGAN {out['kernelgan']:.1f}, ZSSR {out['zssr']:.1f}), "
                   f"Y-PSNR {out['psnr']:.2f} dB", flush=True)
-        outputs[path_name] = runs
-        mean = {k: float(np.mean([r[k] for r in runs])) for k in ("kernelgan", "zssr", "merge", "total", "psnr")}
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-        rows.append((path_name, mean, peak))
+        write_json(args.json, header, runs, [], complete=False)
+    rows = []
+    for path_name in paths:
+        mean = {k: float(np.mean([r[k] for r in runs[path_name]])) for k in ("kernelgan", "zssr", "merge", "total", "psnr")}
+        rows.append((path_name, mean, peaks[path_name]))
 
+    given = [f"{stage} {', '.join(items)}" for stage, items in (("KernelGAN", args.kernelgan), ("ZSSR", args.zssr)) if items]
+    overrides = f" ({'; '.join(given)})" if given else ""
     lines = [
-        f"Device: {torch.cuda.get_device_name() if cuda else platform.processor() or 'cpu'} "
-        f"({torch.get_num_threads()} threads), torch {torch.__version__}; preset {args.preset}, x2, 2 regions, "
-        f"{args.size} px LR, {len(photos)} image(s).",
+        f"Device: {device_name} "
+        f"({torch.get_num_threads()} threads), torch {torch.__version__}; preset {args.preset}{overrides}, x2, 2 regions, "
+        f"{args.size} px LR, {len(photos)} image(s), {args.warmup} warm-up image(s).",
         "",
         "| path | s / image | images / hour | KernelGAN s | ZSSR s | merge s | peak GPU GiB | Y-PSNR dB |",
         "|---|---|---|---|---|---|---|---|",
@@ -126,12 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, m, peak in rows:
         lines.append(f"| {name} | {m['total']:.1f} | {3600 / m['total']:.0f} | {m['kernelgan']:.1f} | {m['zssr']:.1f} | "
                      f"{m['merge']:.2f} | {'-' if np.isnan(peak) else f'{peak:.2f}'} | {m['psnr']:.2f} |")
-    if {"batched", "unbatched"} <= outputs.keys():
-        diffs = [kernel_error(a, b)["l1"] for ra, rb in zip(outputs["batched"], outputs["unbatched"])
+    if {"batched", "unbatched"} <= runs.keys():
+        diffs = [kernel_error(a, b)["l1"] for ra, rb in zip(runs["batched"], runs["unbatched"])
                  for a, b in zip(ra["kernels"], rb["kernels"])]
-        dpsnr = [ra["psnr"] - rb["psnr"] for ra, rb in zip(outputs["batched"], outputs["unbatched"])]
+        dpsnr = [ra["psnr"] - rb["psnr"] for ra, rb in zip(runs["batched"], runs["unbatched"])]
         lines += ["", f"Batched vs unbatched: kernel L1 difference max {max(diffs):.2e}; "
                       f"Y-PSNR difference max {max(abs(d) for d in dpsnr):.3f} dB (same seeds)."]
+    write_json(args.json, header, runs, rows, complete=True)
     command = "python benchmarks/gpu_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     publish(f"Command: `{command}`\n\n" + "\n".join(lines) + "\n", args.results, args.section)
 

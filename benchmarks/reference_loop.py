@@ -5,10 +5,11 @@ Is a kernel-estimation result a property of the algorithm or of our batched trai
 trains the same model the textbook way - ``nn.Conv2d`` layers, ``nn.utils.spectral_norm``,
 ``nn.BatchNorm2d``, ``torch.optim.Adam`` with ``StepLR`` - with the reference settings
 (../shared/design.md section 3), our crop maps and loss functions, and prints the finalised
-kernel's sigmas every 250 iterations. It is slow (about 4 it/s on one CPU core) and not used by
+kernel's sigmas and what our stability guard (:func:`kernelgan.diagnose_kernel`) would say of it
+every ``--every`` iterations. It is slow (about 4 it/s on one CPU core) and not used by
 the engine.
 
-    python benchmarks/reference_loop.py --kernel narrow --iterations 1250 --photo urban100/img_009.png --box 2
+    python benchmarks/reference_loop.py --kernel narrow --iterations 1250 --photo set14/man.png --every 50
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mkgan_engine.train.config import KernelGANConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
 from mkgan_engine.train.generator import output_size
 from mkgan_engine.train.kernel import finalize_kernel, kernel_moments
+from mkgan_engine.train.kernelgan import diagnose_kernel
 from mkgan_engine.train.masked_crop import gather_crops
 
 
@@ -68,16 +70,16 @@ def discriminator(c: KernelGANConfig) -> nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernel", choices=sorted(KERNELS), default="narrow")
-    parser.add_argument("--photo", default="urban100/img_009.png")
-    parser.add_argument("--box", type=int, default=2)
+    parser.add_argument("--photo", default="set14/man.png")
     parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--every", type=int, default=250, help="print the kernel and the stability guard's verdict this often")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     c = KernelGANConfig.preset("paper")
 
     truth = anisotropic_gaussian(13, *KERNELS[args.kernel], 2)
-    lr_image = degrade(load_hr(args.photo, args.box), truth, 2)
+    lr_image = degrade(load_hr(args.photo), truth, 2)
     image = torch.from_numpy(np.ascontiguousarray(lr_image.transpose(2, 0, 1)))[None]
     d_crop = output_size(c.crop_size, c.g_kernel_sizes)  # 26: the generator's output side
     map_g, map_d = sampler.region_crop_maps(lr_image, None, c.crop_size, d_crop)
@@ -134,10 +136,11 @@ def main() -> None:
             w_bicubic = max(w_bicubic / c.bicubic_decay, c.bicubic_floor)
             if w_bicubic < c.regularizers_on_below:
                 w_cent, w_sparse = c.centralized_weight, c.sparse_weight
-        if it % 250 == 0:
-            a, b, theta = kernel_moments(finalize_kernel(g.kernel().detach().numpy(), 2, c.kernel_keep_top))
+        if it % args.every == 0:
+            raw = g.kernel().detach().numpy()
+            a, b, theta = kernel_moments(finalize_kernel(raw, 2, c.kernel_keep_top))
             print(f"iteration {it}: sigmas {a:.2f}/{b:.2f} px at {np.degrees(theta):.0f} deg, "
-                  f"loss_d {loss_d.item():.3f}, DownScale weight {w_bicubic:g}", flush=True)
+                  f"loss_d {loss_d.item():.3f}, DownScale weight {w_bicubic:g}, guard: {diagnose_kernel(raw) or 'ok'}", flush=True)
     ta, tb, tt = kernel_moments(truth)
     print(f"truth: sigmas {ta:.2f}/{tb:.2f} px at {np.degrees(tt):.0f} deg")
 

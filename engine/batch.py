@@ -115,11 +115,15 @@ def output_conflicts(items: Sequence[InputFile], out_dir: Path, config) -> list[
     return problems
 
 
-# Rough CPU cost of the fast preset per region, fitted to the README demo (benchmarks/cli_transcript.txt:
-# 128-160 px LR, one region, 26-37 s with one torch thread): seconds = fixed + per LR pixel * H * W.
-# A guide for --dry-run only.
-_FAST_SECONDS_FIXED, _FAST_SECONDS_PER_PIXEL = 10.0, 1.0e-3
-_PAPER_FACTOR = 9.0  # paper preset: ~3000 instead of 320 ZSSR iterations
+# Rough CPU cost (2 cores), fitted to benchmarks/large_photo.py (RESULTS.md "large-photo": 256 px to
+# 2000x1400 LR, fast preset): start-up, masking and KENet; ZSSR training per region and step (x4 has
+# two); ZSSR inference per LR megapixel at x2 and per self-ensemble transform (the tiles of all
+# regions together cover about the image once, plus halos). A guide for --dry-run and the ETA only.
+_SECONDS_FIXED = 4.0
+_SECONDS_TRAIN_PER_REGION = 8.0
+_SECONDS_INFER_PER_MEGAPIXEL = 55.0
+_KERNELGAN_SECONDS = 25.0  # per region at the fast preset (600 iterations)
+_PAPER_FACTOR = 9.0  # paper preset: ~3000 instead of 320 ZSSR iterations (and KernelGAN 3000 instead of 600)
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
@@ -134,13 +138,16 @@ def image_size(path: Path) -> tuple[int, int] | None:
 
 
 def estimate_seconds(size: tuple[int, int], config) -> float:
-    """Rough seconds to process an LR image of ``size`` (H, W) on this project's 2-core CPU (one
-    region with the "none" masker, else two assumed)."""
-    per_region = _FAST_SECONDS_FIXED + _FAST_SECONDS_PER_PIXEL * size[0] * size[1] * config.scale**2 / 4
-    if config.kernel_estimator != "kenet":
-        per_region += 25.0 * (config.kernelgan.iterations / 600)  # KernelGAN: ~20-45 s at the fast preset
+    """Rough seconds to process an LR image of ``size`` (H, W) on this project's 2-core CPU with a
+    resolved ``config`` (one region with the "none" masker, else two assumed)."""
     regions = 1 if config.masker.resolved_name() == "none" and config.masker.mask_dir is None else 2
-    return regions * per_region * (_PAPER_FACTOR if config.preset == "paper" else 1.0)
+    steps = 2 if config.scale == 4 else 1
+    paper = _PAPER_FACTOR if config.preset == "paper" else 1.0
+    train = regions * steps * _SECONDS_TRAIN_PER_REGION * paper
+    if config.kernel_estimator != "kenet":
+        train += regions * _KERNELGAN_SECONDS * (config.kernelgan.iterations / 600)
+    infer = _SECONDS_INFER_PER_MEGAPIXEL * size[0] * size[1] / 1e6 * (config.scale**2 / 4) * config.zssr.ensemble
+    return _SECONDS_FIXED + train + infer
 
 
 def _find_ground_truth(gt_dir: Path | None, stem: str) -> Path | None:

@@ -5,6 +5,7 @@ so ``--help`` is instant."""
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from mkgan_engine import __version__
 from mkgan_engine.config import BACKEND_NAMES, BLUR_MAP_NAMES, MASKER_NAMES, SAM_TYPES
 from mkgan_engine.cli_flags import with_flags
 from mkgan_engine.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
-from mkgan_engine.train.config import KERNEL_ESTIMATORS, KERNEL_MODELS
+from mkgan_engine.train.config import ENSEMBLE_SIZES, KERNEL_ESTIMATORS, KERNEL_MODELS
 
 app = typer.Typer(
     add_completion=False,
@@ -92,6 +93,9 @@ def sr(
     kernel_model: str = typer.Option("deep-linear", help="KernelGAN generator: deep-linear (reference) or gaussian (3-parameter kernel prior)."),
     kernelgan_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's KernelGAN iterations."),
     zssr_iters: Optional[int] = typer.Option(None, min=1, help="Override the preset's ZSSR iterations."),
+    ensemble: Optional[int] = typer.Option(None, help="Override the preset's ZSSR self-ensemble: 1, 2, 4 or 8 flips/rotations (8 = slowest, best)."),
+    tile: Optional[int] = typer.Option(None, min=32, help="ZSSR inference tile side in LR pixels (default: the largest that fits --max-memory)."),
+    max_memory: int = typer.Option(1024, min=64, help="Working memory (MB) of one ZSSR inference tile; the image-sized arrays come on top (README, 'Large photos')."),
     suffix: str = typer.Option("_x{scale}", help="Output name suffix; {scale} is replaced."),
     ext: str = typer.Option("png", help="Output format: png, jpg, webp, tif or same (as the input; GIF -> png)."),
     jpeg_quality: int = typer.Option(95, min=1, max=100, help="Quality of jpg/webp SR images."),
@@ -106,6 +110,9 @@ def sr(
     save: str = typer.Option("kernels,masks", help="Extra outputs: any of kernels,masks,previews (or 'none')."),
     report: str = typer.Option("json,csv", help="Report formats: json,csv (or 'none')."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be processed or skipped, and why, with a rough time per image; write nothing."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="auto|ADDRESS", help="Run on a Ray cluster (pip install 'mkgan-engine[ray]'): auto (RAY_ADDRESS, the cluster started on this machine, else a new local one) or HOST:PORT / ray://HOST:10001. Every node must see the same paths (docs/ray.md)."),
+    ray_workers: Optional[int] = typer.Option(None, min=1, help="--ray: worker processes, one engine each (default: as many as the cluster holds)."),
+    gpus_per_worker: float = typer.Option(0.0, min=0.0, help="--ray: GPUs each worker reserves; fractions share a GPU (0.5 = two workers per GPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors (every failed image, on stderr) and the exit code."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -125,6 +132,12 @@ def sr(
     _choice(sam_type, SAM_TYPES, "--sam-type")
     _choice(blur_map, BLUR_MAP_NAMES, "--blur-map")
     _choice(backend, BACKEND_NAMES, "--backend")
+    if ensemble is not None:
+        _choice(str(ensemble), tuple(map(str, ENSEMBLE_SIZES)), "--ensemble")
+    if ray is not None and ray != "auto" and not re.fullmatch(r"(ray://)?[^\s/]+:\d+", ray):
+        raise typer.BadParameter(f"{ray!r} is neither auto nor an address HOST:PORT (ray://HOST:PORT)", param_hint="--ray")
+    if ray is None and (ray_workers is not None or gpus_per_worker):
+        raise typer.BadParameter("needs --ray", param_hint="--ray-workers" if ray_workers is not None else "--gpus-per-worker")
     saves = () if save == "none" else _csv_set(save, ("kernels", "masks", "previews"), "--save")
     reports = () if report == "none" else _csv_set(report, ("json", "csv"), "--report")
 
@@ -165,6 +178,9 @@ def sr(
     zssr = ZSSRConfig.preset(preset)  # type: ignore[arg-type]
     if zssr_iters is not None:
         zssr = zssr.with_(iterations=zssr_iters, min_iterations=min(zssr_iters, zssr.min_iterations))
+    if ensemble is not None:
+        zssr = zssr.with_(ensemble=ensemble)
+    zssr = zssr.with_(tile=tile, max_memory_mb=max_memory)
     config = EngineConfig(
         scale=scale, preset=preset, device=device, seed=seed, kernel_estimator=kernel_estimator,  # type: ignore[arg-type]
         kernelgan=kernelgan, zssr=zssr,
@@ -181,10 +197,11 @@ def sr(
     if dry_run:
         _print_dry_run(items, ignored, output, config)
         raise typer.Exit(EXIT_OK)
-    progress = None if quiet else _Progress(len(items))
+    progress = None
     try:
+        config = config.resolved()  # the preset's settings, the device that runs
+        progress = None if quiet else _Progress(items, config)
         engine = Engine(config, on_stage=progress.stage if progress else None, on_progress=progress.step if progress else None)
-        config = engine.config  # resolved: the preset's settings, the device that runs
         if config.masker.resolved_name() != "none" and items:
             engine.masker  # load weights / engines now: a missing file is a usage error, not N failures
         if config.kernel_estimator != "kernelgan" and items:
@@ -194,6 +211,14 @@ def sr(
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         raise _usage_error(with_flags(str(error)))
 
+    records = None
+    if ray is not None:  # the Ray workers run the images; each resolves --device (a CPU head node can drive GPU workers)
+        from dataclasses import replace
+
+        config = replace(config, device=device)
+        records = _ray_records(config, items, output, gt_dir, ray, ray_workers, gpus_per_worker)
+        if progress:
+            progress.stage(f"on Ray ({ray})")
     log = logging.getLogger("mkgan_engine")
     log.info("%d image(s), masker %s, scale x%d, preset %s, device %s", len(items), config.masker.resolved_name(), scale, preset, engine.device)
     run_report = Report(config)
@@ -203,12 +228,14 @@ def sr(
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with progress or _NullContext():
-            for result in run_batch(engine, items, out_dir=output, gt_dir=gt_dir):
-                run_report.add(Record.of(result).resumed(earlier))
+            if records is None:  # the local runner
+                records = (Record.of(result) for result in run_batch(engine, items, out_dir=output, gt_dir=gt_dir))
+            for record in records:
+                run_report.add(record.resumed(earlier))
                 if progress:
-                    progress.done(result)
-                elif result.status == "failed":  # --quiet: errors only, but every failed image
-                    typer.echo(f"failed  {Path(result.input or '?').name} ({result.error})", err=True)
+                    progress.done(record)
+                elif record.status == "failed":  # --quiet: errors only, but every failed image
+                    typer.echo(f"failed  {Path(record.input or '?').name} ({record.error})", err=True)
     except (KeyboardInterrupt, Terminated) as stop:
         run_report.interrupted = True
         _write_report(run_report, output, reports)
@@ -221,6 +248,27 @@ def sr(
         _print_summary(run_report, written)
     report_failed = bool(reports) and not written
     raise typer.Exit(EXIT_FAILED if run_report.counts().get("failed") or report_failed else EXIT_OK)
+
+
+def _ray_records(config, items, output: Path, gt_dir: Optional[Path], address: str, workers: Optional[int], gpus_per_worker: float):
+    """``--ray``: connect to Ray and return the stream of report records of
+    :func:`mkgan_engine.distributed.run_ray`; no Ray, an unreachable cluster or one too small is a usage error."""
+    try:
+        from mkgan_engine.distributed import run_ray
+
+        return run_ray(config, items, output, gt_dir=gt_dir, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
+    except ImportError as error:
+        raise _usage_error(f"--ray needs Ray ({error}): pip install 'mkgan-engine[ray]'")
+    except (ConnectionError, ValueError, RuntimeError) as error:  # RuntimeError: e.g. Ray's authentication
+        raise _usage_error(f"--ray {address}: {with_flags(str(error))}")
+
+
+def _bare_ray(args: list[str]) -> list[str]:
+    """``--ray`` without a value (last, or before another option) means ``--ray auto``."""
+    bare = [i + 1 for i, arg in enumerate(args) if arg == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-"))]
+    for position in reversed(bare):
+        args = [*args[:position], "auto", *args[position:]]
+    return args
 
 
 def _write_report(run_report, output: Path, reports: tuple[str, ...]) -> list[Path]:
@@ -273,19 +321,24 @@ class _NullContext:
 
 
 class _Progress:
-    """A rich progress bar over images, showing the current image and stage."""
+    """Two rich progress bars: the batch (its ETA weighs each image by its estimated time, so a big
+    photo counts for more than a thumbnail) and the current image (stage, ZSSR iteration, tile)."""
 
-    def __init__(self, total: int):
+    def __init__(self, items, config):
         from rich.console import Console
         from rich.progress import (
-            BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+            BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
         )
 
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        from mkgan_engine.batch import estimate_seconds, image_size
+
+        self.weights = [estimate_seconds(image_size(item.path) or (256, 256), config) for item in items]
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.fields[count]}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False,
                                  console=Console(stderr=True))
-        self.task = self.progress.add_task("starting", total=total)
-        self.current = ""
+        self.batch = self.progress.add_task("images", total=sum(self.weights) or 1, count=f"0/{len(items)}")
+        self.image = self.progress.add_task("", total=None, count="")
+        self.finished = 0
 
     def __enter__(self):
         self.progress.__enter__()
@@ -295,14 +348,18 @@ class _Progress:
         return self.progress.__exit__(*exc)
 
     def stage(self, name: str) -> None:
-        self.progress.update(self.task, description=f"{name:<9}")
+        self.progress.reset(self.image, total=None, description=name, count="", visible=True)
 
     def step(self, name: str, done: int, total: int) -> None:
-        """Progress inside the current image (e.g. ZSSR iteration 120/320)."""
-        self.progress.update(self.task, description=f"{name} {done}/{total}")
+        """Progress inside the current image: "zssr train" iterations, "zssr tiles"."""
+        self.progress.update(self.image, description=name, total=total, completed=done, count=f"{done}/{total}")
 
     def done(self, result) -> None:
-        self.progress.advance(self.task)
+        if self.finished < len(self.weights):
+            self.progress.advance(self.batch, self.weights[self.finished])
+        self.finished += 1
+        self.progress.update(self.batch, count=f"{self.finished}/{len(self.weights)}")
+        self.progress.update(self.image, visible=False)  # until the next image's first stage
         name = Path(result.input or "?").name
         colour = {"ok": "green", "failed": "red", "skipped": "yellow"}[result.status]
         extra = f" ({result.error})" if result.error else ""
@@ -358,7 +415,7 @@ _register_export()
 def main() -> None:
     """Console entry point."""
     try:
-        app()
+        app(args=_bare_ray(sys.argv[1:]))
     except KeyboardInterrupt:  # interrupted outside a batch
         sys.exit(EXIT_INTERRUPTED)
 

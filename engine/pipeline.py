@@ -135,12 +135,13 @@ class Result:
 
 
 def zssr_diagnostics(member: Any) -> dict[str, float]:
-    """One region's ZSSR training (a :class:`mkgan_engine.train.zssr.MemberInfo`): iterations run
-    (all steps), and of the last step the final learning rate, the mean training L1 and the last
-    reconstruction error (L1 on [0, 1] pixels)."""
+    """One region's ZSSR (a :class:`mkgan_engine.train.zssr.MemberInfo`): iterations run (all steps),
+    of the last step the final learning rate, the mean training L1 and the last reconstruction
+    error (L1 on [0, 1] pixels), and the inference tiles run (all steps) with their side (LR px)."""
     last = member.stages[-1]
     return {"iterations": int(member.iterations), "final_lr": float(f"{last.final_lr:.4g}"),
-            "loss": float(f"{last.loss:.4g}"), "rec_error": float(f"{last.rec_error:.4g}")}
+            "loss": float(f"{last.loss:.4g}"), "rec_error": float(f"{last.rec_error:.4g}"),
+            "tiles": int(sum(member.tiles)), "tile_px": int(member.tile)}
 
 
 class Engine:
@@ -149,7 +150,8 @@ class Engine:
     config: as asked for; ``engine.config`` is its :meth:`~mkgan_engine.config.EngineConfig.resolved`
     copy (raises :class:`~mkgan_engine.device.DeviceError` for an unusable device). on_stage:
     optional callback(stage_name) for progress displays ("read", "mask", "kernels", "zssr",
-    "merge"); on_progress: optional callback(stage_name, done, total) inside a stage (ZSSR iterations).
+    "merge"); on_progress: optional callback(step, done, total) inside a stage: "zssr train" (training
+    iterations of the current step) and "zssr tiles" (inference tiles of all regions).
     """
 
     def __init__(
@@ -267,7 +269,7 @@ class Engine:
 
         scale = plan.scale
         with self._stage("zssr", timings):
-            progress = None if self.on_progress is None else (lambda done, total: self.on_progress("zssr", done, total))
+            progress = None if self.on_progress is None else (lambda phase, done, total: self.on_progress(f"zssr {phase}", done, total))
             zssr = run_zssr(image, kernels, scale, self.config.zssr, masks=list(plan.masks), seeds=list(plan.zssr_seeds),
                             device=self.device, progress=progress)
         diagnostics = [zssr_diagnostics(member) for member in zssr.members]

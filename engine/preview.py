@@ -44,12 +44,23 @@ def blur_heat_map(sigma: np.ndarray, top: float | None = None) -> np.ndarray:
     return heat[..., ::-1].astype(np.float32) / 255
 
 
+PREVIEW_MAX_SIDE = 1024  # px: larger inputs are shown downscaled
+
+
 def render_preview(result: Result) -> np.ndarray:
     """uint8 BGR picture: [local blur map |] LR input with regions | one kernel tile per region (top to
-    bottom). The blur map is the masker's ``maps["blur_sigma"]`` (the "blur" masker)."""
+    bottom), the input downscaled to at most :data:`PREVIEW_MAX_SIDE` px. The blur map is the
+    masker's ``maps["blur_sigma"]`` (the "blur" masker)."""
     assert result.image is not None and result.region_map is not None
-    left = overlay_regions(result.image.rgb, result.region_map.labels)
+    rgb, labels = result.image.rgb, result.region_map.labels
     sigma = result.region_map.maps.get("blur_sigma")
+    factor = PREVIEW_MAX_SIDE / max(rgb.shape[:2])
+    if factor < 1:  # a preview is a look, not a copy: its size is bounded whatever the photo's
+        size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        labels = cv2.resize(labels.astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
+        sigma = None if sigma is None else cv2.resize(np.asarray(sigma, np.float32), size, interpolation=cv2.INTER_AREA)
+    left = overlay_regions(rgb, labels)
     if sigma is not None:
         left = np.concatenate([blur_heat_map(sigma), np.ones((left.shape[0], 4, 3), np.float32), left], axis=1)
     h = left.shape[0]

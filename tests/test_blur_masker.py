@@ -157,7 +157,7 @@ def test_three_regions_end_to_end_from_a_user_label_map(tmp_path, lr_levels):
     write_image(tmp_path / "bands.png", labels)
     write_image(tmp_path / "photo.png", (image[..., ::-1] * 255).round().astype(np.uint8))
     config = EngineConfig(device="cpu", masker=MaskerConfig(name="blur", mask_dir=tmp_path / "masks"),
-                          zssr=ZSSRConfig.preset("fast").with_(iterations=10, min_iterations=5, self_ensemble=False))
+                          zssr=ZSSRConfig.preset("fast").with_(iterations=10, min_iterations=5, ensemble=1))
     (tmp_path / "masks").mkdir()
     (tmp_path / "bands.png").rename(tmp_path / "masks" / "photo.png")
     result = Engine(config).run(tmp_path / "photo.png")
@@ -178,7 +178,7 @@ def test_blur_masker_end_to_end_gives_ordered_kernels(lr_levels):
     w = image.shape[1]
     image[:, w // 2 :] = lr_levels[WIDE][:, w // 2 :]
     config = EngineConfig(device="cpu", masker=MaskerConfig(name="blur"),
-                          zssr=ZSSRConfig.preset("fast").with_(iterations=10, min_iterations=5, self_ensemble=False))
+                          zssr=ZSSRConfig.preset("fast").with_(iterations=10, min_iterations=5, ensemble=1))
     result = Engine(config).run(image)
     assert len(result.regions) == 2
     by_name = {r.name.split()[0]: kernel_moments(r.kernel)[0] for r in result.regions}
@@ -209,6 +209,22 @@ def test_preview_shows_the_blur_map_beside_regions_and_kernels():
     assert heat[:, 10, 0] .mean() > heat[:, 10, 2].mean() and heat[:, 70, 2].mean() > heat[:, 70, 0].mean()
 
 
+def test_the_preview_of_a_big_photo_is_bounded():
+    from mkgan_engine.imageio import LoadedImage
+    from mkgan_engine.pipeline import RegionResult, Result
+    from mkgan_engine.preview import PREVIEW_MAX_SIDE, render_preview
+    from mkgan_engine.regions import RegionMap
+
+    labels = np.zeros((700, 3000), np.int32)
+    labels[:, 1500:] = 1
+    regions = [RegionResult(i, f"r{i}", "blur", 0.5, np.full((13, 13), 1 / 169, np.float32)) for i in (0, 1)]
+    region_map = RegionMap(labels, maps={"blur_sigma": np.where(labels == 1, 2.0, 0.5).astype(np.float32)})
+    picture = render_preview(Result(input=None, image=LoadedImage(np.zeros((700, 3000, 3), np.float32)),
+                                    region_map=region_map, regions=regions))
+    height = round(700 * PREVIEW_MAX_SIDE / 3000)
+    assert picture.shape[0] == height and picture.shape[1] <= 2 * PREVIEW_MAX_SIDE + 4 + 13 * 12 + 8  # map | regions | kernels
+
+
 def test_engine_shares_its_kenet_with_the_blur_masker():
     from mkgan_engine import Engine, EngineConfig
 
@@ -223,7 +239,7 @@ def test_one_blur_region_is_exactly_one_kernel(lr_levels):
     from mkgan_engine.train.config import ZSSRConfig
 
     image = np.ascontiguousarray(lr_levels[MEDIUM][:96, :96])
-    zssr = ZSSRConfig.preset("fast").with_(iterations=8, min_iterations=4, self_ensemble=False)
+    zssr = ZSSRConfig.preset("fast").with_(iterations=8, min_iterations=4, ensemble=1)
     results = [Engine(EngineConfig(device="cpu", masker=MaskerConfig(name=name), zssr=zssr)).run(image)
                for name in ("blur", "none")]
     assert len(results[0].regions) == 1

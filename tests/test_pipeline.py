@@ -70,11 +70,14 @@ def test_mismatched_kernels_are_rejected():
         quick_engine().run(np.zeros((80, 80, 3), np.float32), region_map=RegionMap(labels), kernels=[np.ones((3, 3))])
 
 
-def test_progress_inside_an_image_reports_zssr_iterations(load_photo):
+def test_progress_inside_an_image_reports_zssr_iterations_and_tiles(load_photo):
     lr = load_photo("set5/bird.png")[::2, ::2][:96, :96].copy()
     calls: list[tuple[str, int, int]] = []
-    config = EngineConfig(device="cpu", masker=MaskerConfig(name="none"), zssr=QUICK_ZSSR)
+    config = EngineConfig(device="cpu", masker=MaskerConfig(name="none"), zssr=QUICK_ZSSR.with_(tile=40))
     Engine(config, on_progress=lambda stage, done, total: calls.append((stage, done, total))).run(lr)
-    assert calls and all(stage == "zssr" and total == QUICK_ZSSR.iterations for stage, _, total in calls)
-    done = [d for _, d, _ in calls]
+    train = [(d, t) for stage, d, t in calls if stage == "zssr train"]
+    tiles = [(d, t) for stage, d, t in calls if stage == "zssr tiles"]
+    assert len(train) + len(tiles) == len(calls) and train and all(t == QUICK_ZSSR.iterations for _, t in train)
+    done = [d for d, _ in train]
     assert done == sorted(done) and 0 < done[0] <= done[-1] <= QUICK_ZSSR.iterations
+    assert tiles == [(i, 9) for i in range(1, 10)]  # 96 px in 40-px tiles: 3 x 3, reported one by one

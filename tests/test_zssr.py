@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mkgan_engine.metrics import psnr
-from mkgan_engine.train.config import ZSSRConfig
+from mkgan_engine.train.config import ENSEMBLE_SIZES, ZSSRConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, blur_downsample, degrade
 from mkgan_engine.train.kernel import analytic_x4
 from mkgan_engine.train.masked_crop import centres_from_uniforms
@@ -23,7 +23,14 @@ from mkgan_engine.train.zssr_data import (
     region_centre_map,
     sample_fathers,
 )
-from mkgan_engine.train.zssr_inference import forward_tiled
+from mkgan_engine.train.zssr_inference import (
+    needed_tiles,
+    tile_side,
+    upscale_tiles,
+    upscale_window,
+    window_bytes,
+    window_halo,
+)
 from mkgan_engine.train.zssr_net import MemberConvNet
 
 
@@ -57,7 +64,7 @@ def test_dihedral_permutations_match_tensor_ops():
 
 
 @pytest.mark.parametrize("grouped", [None, True])  # None: the CPU member loop; True: the CUDA path
-def test_batched_net_equals_members_and_tiling_is_exact(grouped):
+def test_batched_net_equals_members(grouped):
     net = MemberConvNet.initialise([3, 11], in_channels=3, channels=8, depth=8)
     net.grouped = grouped
     x = torch.rand(2, 3, 40, 52)
@@ -71,11 +78,41 @@ def test_batched_net_equals_members_and_tiling_is_exact(grouped):
         grads1 = torch.autograd.grad(alone.square().sum(), single.parameters())
         for g, g1 in zip(grads, grads1):
             torch.testing.assert_close(g[i : i + 1], g1, rtol=1e-4, atol=1e-4)
-        with torch.no_grad():
-            tiled = forward_tiled(net.select([i]), x[i : i + 1], tile=16)
-        torch.testing.assert_close(tiled, alone.detach(), rtol=1e-5, atol=1e-5)
     # Initialisation is a function of the member's seed only.
     torch.testing.assert_close(MemberConvNet.initialise([11], 3, 8, 8).weights[0][0], net.weights[0][1])
+
+
+@pytest.mark.parametrize("ensemble", ENSEMBLE_SIZES)
+def test_tiles_with_their_halo_equal_one_whole_pass(ensemble):
+    """Tiles on a 17-px grid (so tile edges fall everywhere: odd sizes, image borders, tiles thinner
+    than the halo) give the whole-image SR of a trained-looking member: no seam, nothing to feather."""
+    config = ZSSRConfig.preset("fast").with_(ensemble=ensemble)
+    net = MemberConvNet.initialise([5], in_channels=3, channels=8, depth=8)
+    net.weights[-1] *= 10.0  # a residual as strong as a trained net's, not the near-identity start
+    kernel = torch.from_numpy(anisotropic_gaussian(13, 3.0, 1.0, 0.5, 2))[None]
+    lr = torch.rand(1, 3, 45, 58)
+    whole = upscale_window(net, lr, kernel, 2, config)
+    halo = window_halo(config, 13, 2)
+    tiles = needed_tiles(None, (45, 58), 17)
+    assert len(tiles) == 3 * 4
+    tiled = upscale_tiles(lambda b: upscale_window(net, lr[..., b[0] : b[1], b[2] : b[3]], kernel, 2, config),
+                          torch.zeros_like(whole), tiles, (45, 58), halo, 2)
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=2e-5)
+    short = upscale_tiles(lambda b: upscale_window(net, lr[..., b[0] : b[1], b[2] : b[3]], kernel, 2, config),
+                          torch.zeros_like(whole), tiles, (45, 58), 2, 2)
+    assert (short - whole).abs().max() > 1e-2  # the halo is needed: 2 px of it show the seams
+
+
+def test_only_the_tiles_a_region_needs_run_and_the_tile_fits_the_budget():
+    need = np.zeros((100, 130), bool)
+    need[10:20, 95:105] = True
+    assert needed_tiles(need, need.shape, 32) == [(0, 32, 64, 96), (0, 32, 96, 128)]
+    config = ZSSRConfig.preset("fast")
+    small, large = (tile_side(config.with_(max_memory_mb=mb), 2, 20) for mb in (256, 1024))
+    assert 32 <= small < large
+    for mb, side in ((256, small), (1024, large)):
+        assert window_bytes(side + 40, 2, config) <= mb * 2**20 < window_bytes(side + 42, 2, config)
+    assert tile_side(config.with_(tile=77), 2, 20) == 77
 
 
 def test_align_kernels_keeps_the_degradation():
@@ -211,3 +248,25 @@ def test_grey_and_rgba_inputs(load_photo):
     out4 = run_zssr(rgba, [kernel], 2, _tiny(iterations=4, crop_size=16), seeds=[0]).images[0]
     assert out4.shape == (96, 96, 4)
     np.testing.assert_allclose(out4[..., 3], 0.5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [2, 4])
+def test_run_zssr_tiled_equals_untiled_and_skips_tiles_away_from_the_region(load_photo, scale):
+    """The whole call (gradual x4 included): 24-px tiles give the one-tile result; a region in one
+    corner runs only the tiles it (and its feather band) needs, the rest is plain bicubic."""
+    lr = load_photo("set5/bird.png")[60:132, 40:136]  # 72x96
+    kernel = anisotropic_gaussian(13, 2.0, 1.0, 0.4, 2)
+    mask = np.zeros(lr.shape[:2], bool)
+    mask[:20, :24] = True
+    config = _tiny(iterations=8, min_iterations=4)
+    one = run_zssr(lr, [kernel, kernel], scale, config.with_(tile=4096), masks=[None, mask], seeds=[1, 2])
+    tiled = run_zssr(lr, [kernel, kernel], scale, config.with_(tile=24), masks=[None, mask], seeds=[1, 2])
+    steps = 2 if scale == 4 else 1
+    assert [m.tiles for m in one.members] == [[1] * steps] * 2 and tiled.members[0].tiles == [3 * 4] * steps
+    np.testing.assert_allclose(tiled.images[0], one.images[0], rtol=0, atol=5e-5)
+    assert tiled.members[1].tiles[-1] == 4  # the region's 2x2 corner tiles; its 16-px margin stays inside them
+    needed = slice(0, 36 * scale), slice(0, 40 * scale)  # the region grown by the margin
+    np.testing.assert_allclose(tiled.images[1][needed], one.images[1][needed], rtol=0, atol=5e-5)
+    far = tiled.images[1][48 * scale :, 48 * scale :]
+    np.testing.assert_allclose(far, _bicubic(lr, scale)[48 * scale :, 48 * scale :], rtol=0, atol=1e-5)

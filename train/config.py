@@ -10,6 +10,7 @@ from typing import Literal, get_args
 
 Preset = Literal["fast", "paper"]
 KernelModel = Literal["deep-linear", "gaussian"]
+ENSEMBLE_SIZES = (1, 2, 4, 8)  # ZSSR self-ensemble sizes (zssr_inference.ENSEMBLE_ORDER)
 KERNEL_MODELS: tuple[str, ...] = get_args(KernelModel)
 
 
@@ -97,7 +98,7 @@ class ZSSRConfig:
     min_iterations: int = 256
     noise_std: float = 0.0  # optional noise added to the son (real photos)
     scale_jitter: bool = True
-    self_ensemble: bool = True  # 8 flips/rotations, median
+    ensemble: int = 8  # self-ensemble: the median over 1, 2, 4 or 8 flips/rotations at inference
     back_projection_iterations: int = 2
     amp: bool = True  # bf16/fp16 autocast on CUDA only
     # --- train/zssr.py details (see its module docstring) ---
@@ -109,19 +110,29 @@ class ZSSRConfig:
     region_min_inside: float = 0.9  # father crop centres where >= this fraction of the crop is in the region
     region_share: float = 1.0  # a region's father crops come from it with this probability, else from the whole image
     scale_jitter_levels: tuple[float, ...] = (1.0, 0.85, 0.7)  # downscaled copies fathers are also drawn from
-    inference_margin: int = 16  # LR pixels around a region's bounding box that are super-resolved too
-    inference_tile: int = 512  # the net runs on tiles of at most this side (output pixels), exactly
+    inference_margin: int = 16  # LR pixels around a region that are super-resolved too (at least the merge's feather band)
+    tile: int | None = None  # inference tiles of this side (LR pixels); None: the largest that fits max_memory_mb
+    max_memory_mb: int = 1024  # working memory of one inference tile (see zssr_inference.tile_side)
     gradual_x4: bool = True  # x4 as two x2 steps with the x2 kernel (else one x4 step, analytic x4 kernel)
     x4_warm_start: bool = True  # the second x2 step starts from the first step's weights
+
+    def __post_init__(self) -> None:
+        if self.ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {self.ensemble}")
+        if self.tile is not None and self.tile < 1:
+            raise ValueError(f"tile must be a positive number of LR pixels, got {self.tile}")
 
     @classmethod
     def preset(cls, name: Preset) -> "ZSSRConfig":
         if name == "paper":
             return cls()
         if name == "fast":
-            # CPU-sized: 48-px fathers (~5 it/s on one core), 320 iterations, policy every 40.
+            # CPU-sized: 48-px fathers (~5 it/s on one core), 320 iterations, policy every 40; no
+            # self-ensemble (8x the inference for +0.00-0.05 dB on S-medium-8, RESULTS.md
+            # "inference-settings"; back-projection, worth 0.2-1 dB, stays).
             return cls(
-                iterations=320, crop_size=48, lr_policy_every=40, lr_policy_window=40, min_iterations=120, rec_every=8
+                iterations=320, crop_size=48, lr_policy_every=40, lr_policy_window=40, min_iterations=120, rec_every=8,
+                ensemble=1,
             )
         raise ValueError(f"unknown preset {name!r}; expected 'fast' or 'paper'")
 

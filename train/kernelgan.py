@@ -14,7 +14,11 @@ copy), per-member Adam (:class:`members.MemberAdam`) and schedule update (:mod:`
 Every ``check_every`` iterations (and when a member finishes) the kernels and losses come to the
 host once: the loss history is sampled, and a member whose loss went non-finite or whose kernel
 collapsed (to a delta, to noise, or flat) restarts from scratch with a new seed, up to
-``config.max_restarts`` times. Restarts are logged and recorded in :class:`KernelEstimate`.
+``config.max_restarts`` times. Restarts are logged and recorded in :class:`KernelEstimate`. The
+kernel's shape is judged only once the member's regularisers (centralisation, sparsity) have been on
+for ``config.bicubic_decay_every`` iterations, and at the end: before that a deep-linear kernel
+routinely has much negative mass - the textbook loop (``benchmarks/reference_loop.py``) shows it
+for its first 400 iterations on a wide kernel and recovers by itself (``docs/kernel-estimation.md``).
 """
 
 from __future__ import annotations
@@ -143,6 +147,8 @@ class _Record:
     messages: list[str] = field(default_factory=list)
     history: list[tuple[float, ...]] = field(default_factory=list)
     collapse_reported: bool = False
+    start_kernel: np.ndarray | None = None  # hybrid: the KENet kernel every run (restarts too) starts from
+    regularisers_on_at: int | None = None  # the run's iteration at which the regularisers were first seen on
 
 
 class _Batch:
@@ -330,7 +336,8 @@ def estimate_kernels(
         if config.kernel_model != "gaussian" or len(start_kernels) != n:
             raise ValueError("start_kernels needs the gaussian kernel model and one kernel per member")
         for i, kernel in enumerate(start_kernels):
-            batch.g.start_member_from(i, kernel)
+            records[i].start_kernel = np.asarray(kernel, np.float32)
+            batch.g.start_member_from(i, records[i].start_kernel)
     results: dict[int, KernelEstimate] = {}
     active = list(records)
     while active:
@@ -354,7 +361,6 @@ def _check(
     """Host-side check of every active member: sample the history, restart or finish members.
     Returns the members still training (and compacts ``batch`` to them)."""
     kernels, last, nonfinite = batch.snapshot()
-    warmup = min(config.iterations // 3, 4 * check_every)
     keep: list[int] = []
     for pos, r in enumerate(active):
         finished = r.step >= config.iterations
@@ -366,7 +372,10 @@ def _check(
         reason = "non-finite loss" if nonfinite[pos] else None
         if reason is None and not np.all(np.isfinite(raw)):
             reason = "non-finite kernel"
-        if reason is None and (r.step >= warmup or finished):
+        if r.regularisers_on_at is None and last[pos][4] < config.regularizers_on_below:
+            r.regularisers_on_at = r.step
+        settled = r.regularisers_on_at is not None and r.step - r.regularisers_on_at >= config.bicubic_decay_every
+        if reason is None and (settled or finished):
             reason = diagnose_kernel(raw)
         if reason is not None and r.restarts < config.max_restarts:
             new_seed = _restart_seed(r.seed, r.restarts + 1)
@@ -376,7 +385,10 @@ def _check(
             r.restarts += 1
             r.current_seed = new_seed
             r.step = 0
+            r.regularisers_on_at = None
             batch.restart(pos, new_seed)
+            if r.start_kernel is not None:
+                batch.g.start_member_from(pos, r.start_kernel)
             keep.append(pos)
             continue
         failed = reason is not None and reason.startswith("non-finite")

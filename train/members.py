@@ -91,8 +91,10 @@ class MemberAdam:
         self.steps += 1
         if isinstance(self.steps, torch.Tensor):
             t = self.steps.to(torch.float32)
-            bc1 = 1.0 - torch.pow(torch.tensor(b1, device=t.device), t)
-            bc2_sqrt = torch.sqrt(1.0 - torch.pow(torch.tensor(b2, device=t.device), t))
+            # A Python-number base is rounded to float32 like a float32 tensor would be (same
+            # results), but made on the device: torch.tensor(b, device=...) is a blocking copy.
+            bc1 = 1.0 - torch.pow(b1, t)
+            bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2, t))
             return bc1, bc2_sqrt
         return 1.0 - b1**self.steps, (1.0 - b2**self.steps) ** 0.5
 

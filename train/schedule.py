@@ -40,7 +40,8 @@ class Schedule:
     def learning_rates(self, iteration: torch.Tensor, base: float) -> torch.Tensor:
         """Per-member step size for the (0-based) iteration int64 (M,) -> float32 (M,)."""
         c = self.config
-        return base * torch.pow(torch.tensor(c.lr_decay_factor, device=iteration.device), (iteration // c.lr_decay_every).float())
+        # torch.pow(number, tensor): no host-to-device copy (torch.tensor(x, device=...) would block).
+        return base * torch.pow(c.lr_decay_factor, (iteration // c.lr_decay_every).float())
 
     @torch.no_grad()
     def update(self, iteration: torch.Tensor, bicubic_loss: torch.Tensor) -> None:

@@ -39,12 +39,13 @@ Training (one *step* of scale ``s`` with kernel ``k``; our own implementation of
   ``config.min_iterations``) or at ``config.iterations``; finished members leave the batch (frozen,
   no more updates), the others continue.
 
-Inference (per member): the net is applied to the bicubic-upsampled LR image restricted to the
-member's region bounding box plus ``config.inference_margin`` LR pixels (whole image without a
-mask); geometric self-ensemble (8 flips/rotations, per-pixel median); then
+Inference (per member, :mod:`zssr_inference`): the net on the bicubic-upsampled LR image with a
+geometric self-ensemble (per-pixel median over ``config.ensemble`` flips/rotations), then
 ``config.back_projection_iterations`` of back-projection ``y += up(lr - D_k(y))`` with the member's
-kernel. Outside the box the result is plain bicubic, so the merge stage should feather within the
-margin. Large inputs are processed in tiles with an 8-pixel halo (exactly equal to one pass).
+kernel - on the tiles that hold the member's region grown by ``config.inference_margin`` LR pixels
+(and at least the merge's feather band; every tile without a mask), each with a halo that makes it
+equal to one whole pass. Elsewhere the member's output is plain bicubic, where the merge gives it no
+weight. Tiles are ``config.tile`` LR pixels, or the largest that fit ``config.max_memory_mb``.
 
 x4 (``config.gradual_x4``, the default): *kernels are the x2 kernels* (what KernelGAN estimates).
 Under the analytic model the x4 kernel is ``k * (k dilated by 2)`` (:func:`kernel.analytic_x4`),
@@ -70,8 +71,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -82,11 +84,28 @@ from .degradation import upsample_to
 from .kernel import analytic_x4
 from .masked_crop import gather_crops
 from .members import MemberAdam, compact, take
-from .zssr_data import build_father_canvas, dihedral_permutations, father_levels, make_sons, sample_fathers
-from .zssr_inference import back_project, region_box, upscale_member
+from .merge import default_radius
+from .zssr_data import (
+    build_father_canvas,
+    dihedral_permutations,
+    father_levels,
+    make_sons,
+    sample_fathers,
+)
+from .zssr_inference import (
+    Box,
+    back_project,
+    back_projection_reach,
+    needed_pixels,
+    needed_tiles,
+    tile_side,
+    upscale_tiles,
+    upscale_window,
+    window_halo,
+)
 from .zssr_net import MemberConvNet, autocast_context
 
-Progress = Callable[[int, int], None]  # (iterations done, iterations of this step)
+Progress = Callable[[str, int, int], None]  # ("train", iterations done, of this step) or ("tiles", done, in all)
 
 # Stream used once per member to draw the fixed reconstruction-error crops.
 # Step counters of different stages of a gradual run never collide.
@@ -276,12 +295,12 @@ def train_members(
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class MemberInfo:
-    """Per member: one :class:`StageInfo` per SR step (two for gradual x4), the LR box that was
-    super-resolved (y0, y1, x0, x1) and the member's share of the wall time is not separable in a
-    batch, so ``seconds`` is the whole call's."""
+    """Per member: one :class:`StageInfo` per SR step (two for gradual x4), and the inference tiles
+    it ran (per step) with their side in LR pixels."""
 
     stages: list[StageInfo] = field(default_factory=list)
-    box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    tiles: list[int] = field(default_factory=list)
+    tile: int = 0
 
     @property
     def iterations(self) -> int:
@@ -321,6 +340,41 @@ def _crop_size(config: ZSSRConfig, shape: tuple[int, int], scale: int) -> int:
     return cs
 
 
+def _window_sr(net: MemberConvNet, lr: torch.Tensor, kernel: torch.Tensor, scale: int, config: ZSSRConfig, box: Box) -> torch.Tensor:
+    """One member's SR (1, C, s*h, s*w) of the LR window ``box`` of lr (1, C, H, W)."""
+    y0, y1, x0, x1 = box
+    return upscale_window(net, lr[..., y0:y1, x0:x1], kernel, scale, config)
+
+
+def _window_sr_x4_step2(
+    net: MemberConvNet, mid: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor, kernel_x4: torch.Tensor,
+    config: ZSSRConfig, box: Box,
+) -> torch.Tensor:
+    """Gradual x4, step 2, for the LR window ``box``: the x2 net on the member's x2 image ``mid``
+    (1, C, 2H, 2W) back-projected against it with ``kernel``, then against lr with ``kernel_x4``."""
+    y0, y1, x0, x1 = box
+    sr = upscale_window(net, mid[..., 2 * y0 : 2 * y1, 2 * x0 : 2 * x1], kernel, 2, config)
+    return back_project(sr, lr[..., y0:y1, x0:x1], kernel_x4, 4, config.back_projection_iterations)
+
+
+def train_on_image(
+    lr: torch.Tensor,
+    kernels: torch.Tensor,
+    scale: int,
+    config: ZSSRConfig,
+    masks: Sequence[np.ndarray | None],
+    seeds: Sequence[int],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[MemberConvNet, list[StageInfo], int]:
+    """The first (at x2 the only) training step: M members learn ``lr`` (1, C, h, w) -> x``scale``
+    from fathers of lr and its pyramid (member i's from ``masks[i]``, bool h x w or None) with
+    kernels (M, K, K) (:func:`align_kernels`). Returns (net, per-member info, iterations run); the
+    nets then run with :func:`zssr_inference.upscale_window` on any window of lr."""
+    source = lr.expand(len(seeds), -1, -1, -1)
+    crop = _crop_size(config, tuple(lr.shape[-2:]), scale)
+    return train_members(father_levels(source, masks, config), kernels, scale, config, seeds, crop, progress=progress)
+
+
 def run_zssr(
     image: np.ndarray,
     kernels: Sequence[np.ndarray],
@@ -337,8 +391,9 @@ def run_zssr(
     kernels: one per member; for ``scale == 4`` these are the *x2* kernels (gradual x4, see the module
     docstring) unless ``kernel_scale=4`` says they are x4 kernels (then one direct x4 step); for other
     scales, kernels for that scale. masks: one bool HxW (LR) region per member or None (whole image);
-    seeds: one int per member (default 0..M-1); progress: optional ``callback(done, total)`` with the
-    training iterations of the current step. Returns a :class:`ZSSRResult`.
+    seeds: one int per member (default 0..M-1); progress: optional ``callback(phase, done, total)``:
+    ("train", iterations done, of the current step's) at each learning-rate check, ("tiles", done,
+    in all) after each inference tile. Returns a :class:`ZSSRResult`.
     """
     config = config or ZSSRConfig.preset("fast")
     device = torch.device(device)
@@ -375,28 +430,47 @@ def run_zssr(
             raise ValueError(f"mask shape {np.asarray(mk).shape} != image shape {(h, w)}")
 
     lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(device)[None]  # (1, C, h, w)
-    boxes = [region_box(mk, (h, w), config.inference_margin) for mk in masks]
+    margin = max(config.inference_margin, math.ceil(default_radius((h * scale, w * scale), scale) / scale) + 1)
     step_scale = 2 if gradual else scale
+    halo = window_halo(config, k_step.shape[-1], step_scale)
+    if gradual:  # step 2 sees the x2 output's window (x2 net and back-projection), then the x4 back-projection
+        k4 = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels]).to(device)
+        halo = max(halo, math.ceil(window_halo(config, k_given.shape[-1], 2) / 2)
+                   + back_projection_reach(k4.shape[-1], 4, config.back_projection_iterations))
+    tile = tile_side(config, scale, halo, img.shape[2])
+    # Per step, per member: the tiles that hold its region grown by the margin; gradual x4's first
+    # step also covers what the second step's windows read.
+    step_margins = [margin + halo, margin] if gradual else [margin]
+    tiles = [[needed_tiles(needed_pixels(mk, g), (h, w), tile) for mk in masks] for g in step_margins]
+    n_tiles = sum(len(t) for step in tiles for t in step)
+    tiles_done = 0
+
+    def tile_progress(done: int, _total: int) -> None:
+        if progress is not None:
+            progress("tiles", tiles_done + done, n_tiles)
+
+    def infer(step: int, i: int, out_scale: int, window_sr: Callable[[Box], torch.Tensor]) -> torch.Tensor:
+        """Member i's SR at ``out_scale`` over its tiles of this step, bicubic elsewhere, clipped."""
+        nonlocal tiles_done
+        base = upsample_to(lr, (h * out_scale, w * out_scale))
+        out = upscale_tiles(window_sr, base, tiles[step][i], (h, w), halo, out_scale, tile_progress).clamp(0, 1)
+        tiles_done += len(tiles[step][i])
+        return out
+
     train_seconds = 0.0
     total_iters = 0
+    train_progress = None if progress is None else (lambda done, total: progress("train", done, total))
 
     # ---- step 1 (the only one unless gradual x4) ----
     source = lr.expand(m, -1, -1, -1)
     t0 = time.perf_counter()
-    net, infos1, iters = train_members(
-        father_levels(source, masks, config), k_step, step_scale, config, seeds, _crop_size(config, (h, w), step_scale),
-        progress=progress,
-    )
+    net, infos1, iters = train_on_image(lr, k_step, step_scale, config, masks, seeds, train_progress)
     train_seconds += time.perf_counter() - t0
     total_iters += iters
     outs = []
     for i in range(m):
-        y0, y1, x0, x1 = boxes[i]
-        full = upsample_to(lr, (h * step_scale, w * step_scale))
-        sr = upscale_member(net.select([i]), lr[..., y0:y1, x0:x1], k_step[i : i + 1].to(device), step_scale, config)
-        full[..., y0 * step_scale : y1 * step_scale, x0 * step_scale : x1 * step_scale] = sr
-        outs.append(full.clamp(0, 1))
-    members = [MemberInfo([infos1[i]], boxes[i]) for i in range(m)]
+        outs.append(infer(0, i, step_scale, partial(_window_sr, net.select([i]), lr, k_step[i : i + 1].to(device), step_scale, config)))
+    members = [MemberInfo([infos1[i]], [len(tiles[0][i])], tile) for i in range(m)]
 
     # ---- step 2 of gradual x4: I -> HR with the same x2 kernel ----
     if gradual:
@@ -406,27 +480,21 @@ def run_zssr(
         t0 = time.perf_counter()
         net2, infos2, iters = train_members(
             levels, k_given, 2, config, seeds, _crop_size(config, (2 * h, 2 * w), 2), stage=1,
-            init=net if config.x4_warm_start else None, progress=progress,
+            init=net if config.x4_warm_start else None, progress=train_progress,
         )
         train_seconds += time.perf_counter() - t0
         total_iters += iters
-        k4 = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels]).to(device)
         outs2 = []
         for i in range(m):
-            y0, y1, x0, x1 = boxes[i]
-            full = upsample_to(lr, (4 * h, 4 * w))
-            sr = upscale_member(
-                net2.select([i]), mid[i : i + 1, :, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1], k_given[i : i + 1].to(device), 2, config
-            )
-            sr = back_project(sr, lr[..., y0:y1, x0:x1], k4[i : i + 1], 4, config.back_projection_iterations)
-            full[..., 4 * y0 : 4 * y1, 4 * x0 : 4 * x1] = sr
-            outs2.append(full.clamp(0, 1))
+            window_sr = partial(_window_sr_x4_step2, net2.select([i]), mid[i : i + 1], lr, k_given[i : i + 1].to(device), k4[i : i + 1], config)
+            outs2.append(infer(1, i, 4, window_sr))
             members[i].stages.append(infos2[i])
+            members[i].tiles.append(len(tiles[1][i]))
         outs = outs2
 
     images = []
-    for out in outs:
-        arr = out[0].float().cpu().numpy().transpose(1, 2, 0)
+    while outs:  # each member's tensor is freed once converted (peak: one extra SR image, not M)
+        arr = outs.pop(0)[0].float().cpu().numpy().transpose(1, 2, 0)
         if alpha is not None:
             a = upsample_to(torch.from_numpy(np.ascontiguousarray(alpha.transpose(2, 0, 1)))[None], arr.shape[:2])
             arr = np.concatenate([arr, a[0].numpy().transpose(1, 2, 0).clip(0, 1)], axis=2)

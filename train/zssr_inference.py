@@ -1,33 +1,39 @@
-"""ZSSR inference for one trained member: self-ensemble on the bicubic upsampling (tiled for large
-inputs, exactly equal to one whole pass) and back-projection with the member's kernel."""
+"""ZSSR inference for one trained member, on tiles: the net on the bicubic upsampling with a
+geometric self-ensemble, then back-projection with the member's kernel.
+
+The LR image is cut into ``tile`` x ``tile`` tiles; only the tiles where the member's SR is needed
+run (a region's pixels and the merge's feather band around them, :func:`needed_tiles`), each on a
+window with a halo of :func:`window_halo` LR pixels, which is wider than everything the window's
+edge can reach (the bicubic taps, the net's receptive field, the blur and upsampling of each
+back-projection iteration). So the tiled result equals one pass over the whole image up to float
+rounding: there is no seam to feather (``tests/test_zssr.py``), and the cost is that of the region's
+area (plus halos), not of the whole image per region. Peak memory is that of one window
+(:func:`window_bytes`), bounded by the tile side: :func:`tile_side` picks the largest that fits
+``ZSSRConfig.max_memory_mb`` unless ``ZSSRConfig.tile`` fixes it.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .config import ZSSRConfig
 from .degradation import blur_downsample, upsample_to
 from .zssr_data import dihedral, dihedral_inverse
 from .zssr_net import MemberConvNet, autocast_context
 
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), LR pixels, end-exclusive
+TileProgress = Callable[[int, int], None]  # (tiles done, tiles in all)
 
-def forward_tiled(net: MemberConvNet, x: torch.Tensor, tile: int) -> torch.Tensor:
-    """net(x) for one member, x (1, C, H, W), computed on tiles of at most ``tile`` output pixels
-    with a halo of ``depth`` pixels (the receptive radius), so the result equals one whole pass."""
-    h, w = x.shape[-2:]
-    if h <= tile and w <= tile:
-        return net(x).float()
-    halo = len(net.weights)
-    out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
-            a0, b0 = max(0, y0 - halo), max(0, x0 - halo)
-            a1, b1 = min(h, y1 + halo), min(w, x1 + halo)
-            y = net(x[..., a0:a1, b0:b1]).float()
-            out[..., y0:y1, x0:x1] = y[..., y0 - a0 : y1 - a0, x0 - b0 : x1 - b0]
-    return out
+#: The self-ensemble's transforms (see :func:`zssr_data.dihedral`) in the order a partial ensemble
+#: takes them: 2 = identity and 180-degree rotation, 4 = also both flips, 8 = also the transposes.
+ENSEMBLE_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+BICUBIC_RADIUS = 2  # input pixels a bicubic sample reads on either side
+TILE_MIN = 32  # LR pixels; a smaller budget still gets tiles of this side
 
 
 def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor, scale: int, iterations: int) -> torch.Tensor:
@@ -37,19 +43,19 @@ def back_project(sr: torch.Tensor, lr: torch.Tensor, kernel: torch.Tensor, scale
     return sr
 
 
-@torch.no_grad()
-def upscale_member(
+@torch.inference_mode()
+def upscale_window(
     net: MemberConvNet, lr: torch.Tensor, kernel: torch.Tensor, scale: int, config: ZSSRConfig
 ) -> torch.Tensor:
-    """One member's SR of lr (1, C, H, W) -> (1, C, sH, sW) float32 (not clipped): self-ensemble
-    median of the net on the bicubic upsampling, then back-projection with ``kernel`` (1, K, K)."""
+    """One member's SR of lr (1, C, H, W) -> (1, C, sH, sW) float32 (not clipped): the median over
+    ``config.ensemble`` flips/rotations of the net on the bicubic upsampling, then
+    ``config.back_projection_iterations`` of back-projection with ``kernel`` (1, K, K)."""
     autocast, _ = autocast_context(lr.device, config)
     up = upsample_to(lr, (lr.shape[-2] * scale, lr.shape[-1] * scale))
-    transforms = range(8) if config.self_ensemble else range(1)
     outs = []
-    for t in transforms:
+    for t in ENSEMBLE_ORDER[: config.ensemble]:
         with autocast:
-            y = forward_tiled(net, dihedral(up, t), config.inference_tile)
+            y = net(dihedral(up, t)).float()
         outs.append(dihedral_inverse(y, t))
     if len(outs) == 1:
         sr = outs[0]
@@ -60,13 +66,80 @@ def upscale_member(
     return back_project(sr, lr, kernel, scale, config.back_projection_iterations)
 
 
-def region_box(mask: np.ndarray | None, shape: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) bounding box of the mask plus ``margin`` pixels, clipped; whole image for None."""
+def back_projection_reach(kernel_size: int, scale: int, iterations: int) -> int:
+    """LR pixels a window's edge reaches inwards through ``iterations`` back-projections: each the
+    K x K blur and subsampling by ``scale``, then the bicubic upsampling."""
+    return iterations * (math.ceil((kernel_size // 2 + scale) / scale) + BICUBIC_RADIUS)
+
+
+def window_halo(config: ZSSRConfig, kernel_size: int, scale: int) -> int:
+    """LR pixels of context around a tile so that its SR equals the whole image's: how far a
+    window's edge reaches inwards through the bicubic upsampling, the ``depth`` 3x3 convolutions
+    (``depth`` SR pixels) and the back-projection, plus one pixel of slack."""
+    reach = BICUBIC_RADIUS + math.ceil(config.depth / scale)
+    return reach + back_projection_reach(kernel_size, scale, config.back_projection_iterations) + 1
+
+
+def window_bytes(side: int, scale: int, config: ZSSRConfig, channels: int = 3) -> int:
+    """Working memory (bytes, float32) of one ``side`` x ``side`` LR window at ``scale``: per SR
+    pixel three live feature maps of the net, and the ensemble's outputs with their sorted copy."""
+    per_sr_pixel = 4 * (3 * config.channels + channels * (2 * config.ensemble + 3))
+    return per_sr_pixel * (side * scale) ** 2
+
+
+def tile_side(config: ZSSRConfig, scale: int, halo: int, channels: int = 3) -> int:
+    """``config.tile``, or the largest tile whose window (tile + 2 halos) fits ``config.max_memory_mb``
+    (at least :data:`TILE_MIN`)."""
+    if config.tile is not None:
+        return int(config.tile)
+    per_window_pixel = window_bytes(1, scale, config, channels)
+    side = math.isqrt(int(config.max_memory_mb * 2**20 // per_window_pixel)) - 2 * halo
+    return max(TILE_MIN, side)
+
+
+def needed_tiles(need: np.ndarray | None, shape: tuple[int, int], tile: int) -> list[Box]:
+    """The tiles of an LR image of ``shape`` (H, W) on a ``tile``-pixel grid that hold a pixel of
+    ``need`` (bool HxW; None: every tile)."""
     h, w = shape
+    boxes = []
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            box = (y0, min(h, y0 + tile), x0, min(w, x0 + tile))
+            if need is None or need[box[0] : box[1], box[2] : box[3]].any():
+                boxes.append(box)
+    return boxes
+
+
+def needed_pixels(mask: np.ndarray | None, margin: int) -> np.ndarray | None:
+    """Where a region's SR is needed: its mask (bool HxW, LR) grown by ``margin`` LR pixels (the
+    merge's feather band); None (the whole image) for None. ValueError for an empty mask."""
     if mask is None:
-        return 0, h, 0, w
-    rows = np.flatnonzero(np.asarray(mask).any(1))
-    cols = np.flatnonzero(np.asarray(mask).any(0))
-    if rows.size == 0:
+        return None
+    mask = np.asarray(mask, bool)
+    if not mask.any():
         raise ValueError("empty region mask")
-    return (max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin), max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin))
+    return ndimage.distance_transform_cdt(~mask, metric="chessboard") <= margin
+
+
+def upscale_tiles(
+    window_sr: Callable[[Box], torch.Tensor],
+    out: torch.Tensor,
+    tiles: list[Box],
+    shape: tuple[int, int],
+    halo: int,
+    scale: int,
+    progress: TileProgress | None = None,
+) -> torch.Tensor:
+    """Write into ``out`` (1, C, sH, sW) the SR of each tile: ``window_sr(window)`` gives the SR
+    (1, C, s*(y1-y0), s*(x1-x0)) of an LR window (a tile grown by ``halo`` pixels, clipped to the
+    image of ``shape``), of which the tile's part is kept. Returns ``out``."""
+    h, w = shape
+    for done, (y0, y1, x0, x1) in enumerate(tiles, 1):
+        a0, a1, b0, b1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+        sr = window_sr((a0, a1, b0, b1))
+        out[..., y0 * scale : y1 * scale, x0 * scale : x1 * scale] = sr[
+            ..., (y0 - a0) * scale : (y1 - a0) * scale, (x0 - b0) * scale : (x1 - b0) * scale
+        ]
+        if progress is not None:
+            progress(done, len(tiles))
+    return out
