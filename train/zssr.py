@@ -92,17 +92,7 @@ from .zssr_data import (
     make_sons,
     sample_fathers,
 )
-from .zssr_inference import (
-    Box,
-    back_project,
-    back_projection_reach,
-    needed_pixels,
-    needed_tiles,
-    tile_side,
-    upscale_tiles,
-    upscale_window,
-    window_halo,
-)
+from .zssr_inference import Box, back_project, plan_tiles, upscale_tiles, upscale_window
 from .zssr_net import MemberConvNet, autocast_context
 
 Progress = Callable[[str, int, int], None]  # ("train", iterations done, of this step) or ("tiles", done, in all)
@@ -432,29 +422,20 @@ def run_zssr(
     lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(device)[None]  # (1, C, h, w)
     margin = max(config.inference_margin, math.ceil(default_radius((h * scale, w * scale), scale) / scale) + 1)
     step_scale = 2 if gradual else scale
-    halo = window_halo(config, k_step.shape[-1], step_scale)
-    if gradual:  # step 2 sees the x2 output's window (x2 net and back-projection), then the x4 back-projection
-        k4 = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels]).to(device)
-        halo = max(halo, math.ceil(window_halo(config, k_given.shape[-1], 2) / 2)
-                   + back_projection_reach(k4.shape[-1], 4, config.back_projection_iterations))
-    tile = tile_side(config, scale, halo, img.shape[2])
-    # Per step, per member: the tiles that hold its region grown by the margin; gradual x4's first
-    # step also covers what the second step's windows read.
-    step_margins = [margin + halo, margin] if gradual else [margin]
-    tiles = [[needed_tiles(needed_pixels(mk, g), (h, w), tile) for mk in masks] for g in step_margins]
-    n_tiles = sum(len(t) for step in tiles for t in step)
+    k4 = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels]).to(device) if gradual else None
+    plan = plan_tiles(masks, (h, w), scale, margin, config, k_step.shape[-1], None if k4 is None else k4.shape[-1], img.shape[2])
     tiles_done = 0
 
     def tile_progress(done: int, _total: int) -> None:
         if progress is not None:
-            progress("tiles", tiles_done + done, n_tiles)
+            progress("tiles", tiles_done + done, plan.count)
 
     def infer(step: int, i: int, out_scale: int, window_sr: Callable[[Box], torch.Tensor]) -> torch.Tensor:
         """Member i's SR at ``out_scale`` over its tiles of this step, bicubic elsewhere, clipped."""
         nonlocal tiles_done
         base = upsample_to(lr, (h * out_scale, w * out_scale))
-        out = upscale_tiles(window_sr, base, tiles[step][i], (h, w), halo, out_scale, tile_progress).clamp(0, 1)
-        tiles_done += len(tiles[step][i])
+        out = upscale_tiles(window_sr, base, plan.tiles[step][i], (h, w), plan.halo, out_scale, tile_progress).clamp(0, 1)
+        tiles_done += len(plan.tiles[step][i])
         return out
 
     train_seconds = 0.0
@@ -470,7 +451,7 @@ def run_zssr(
     outs = []
     for i in range(m):
         outs.append(infer(0, i, step_scale, partial(_window_sr, net.select([i]), lr, k_step[i : i + 1].to(device), step_scale, config)))
-    members = [MemberInfo([infos1[i]], [len(tiles[0][i])], tile) for i in range(m)]
+    members = [MemberInfo([infos1[i]], [len(plan.tiles[0][i])], plan.tile) for i in range(m)]
 
     # ---- step 2 of gradual x4: I -> HR with the same x2 kernel ----
     if gradual:
@@ -489,7 +470,7 @@ def run_zssr(
             window_sr = partial(_window_sr_x4_step2, net2.select([i]), mid[i : i + 1], lr, k_given[i : i + 1].to(device), k4[i : i + 1], config)
             outs2.append(infer(1, i, 4, window_sr))
             members[i].stages.append(infos2[i])
-            members[i].tiles.append(len(tiles[1][i]))
+            members[i].tiles.append(len(plan.tiles[1][i]))
         outs = outs2
 
     images = []

@@ -15,7 +15,8 @@ area (plus halos), not of the whole image per region. Peak memory is that of one
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -143,3 +144,38 @@ def upscale_tiles(
         if progress is not None:
             progress(done, len(tiles))
     return out
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where one :func:`zssr.run_zssr` call runs its nets. halo and tile: LR pixels; tiles[step][i]:
+    member i's tiles in SR step ``step`` (one step, or two for gradual x4)."""
+
+    halo: int
+    tile: int
+    tiles: tuple[tuple[list[Box], ...], ...]
+
+    @property
+    def count(self) -> int:
+        return sum(len(member) for step in self.tiles for member in step)
+
+
+def plan_tiles(
+    masks: Sequence[np.ndarray | None], shape: tuple[int, int], scale: int, margin: int, config: ZSSRConfig,
+    kernel_size: int, kernel_x4_size: int | None = None, channels: int = 3,
+) -> TilePlan:
+    """The :class:`TilePlan` of M members (``masks``: bool HxW LR regions or None) on an LR image of
+    ``shape`` at ``scale``: each member's tiles hold its region grown by ``margin`` LR pixels.
+    kernel_x4_size: the analytic x4 kernel's side for gradual x4 (two steps): the halo then also
+    covers the second step (its x2 net and back-projection on the first step's output, then the
+    x4 back-projection against the LR image), and the first step's tiles also cover what the
+    second step's windows read."""
+    gradual = kernel_x4_size is not None
+    halo = window_halo(config, kernel_size, 2 if gradual else scale)
+    if gradual:
+        halo = max(halo, math.ceil(window_halo(config, kernel_size, 2) / 2)
+                   + back_projection_reach(kernel_x4_size, 4, config.back_projection_iterations))
+    tile = tile_side(config, scale, halo, channels)
+    margins = (margin + halo, margin) if gradual else (margin,)
+    tiles = tuple(tuple(needed_tiles(needed_pixels(mask, g), shape, tile) for mask in masks) for g in margins)
+    return TilePlan(halo, tile, tiles)
