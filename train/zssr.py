@@ -443,7 +443,6 @@ def run_zssr(
     train_progress = None if progress is None else (lambda done, total: progress("train", done, total))
 
     # ---- step 1 (the only one unless gradual x4) ----
-    source = lr.expand(m, -1, -1, -1)
     t0 = time.perf_counter()
     net, infos1, iters = train_on_image(lr, k_step, step_scale, config, masks, seeds, train_progress)
     train_seconds += time.perf_counter() - t0
@@ -457,7 +456,7 @@ def run_zssr(
     if gradual:
         mid = torch.cat(outs)  # (M, C, 2h, 2w)
         masks2 = [None if mk is None else np.repeat(np.repeat(np.asarray(mk, bool), 2, 0), 2, 1) for mk in masks]
-        levels = father_levels(mid, masks2, config) + [(source, masks, 0.5)]
+        levels = father_levels(mid, masks2, config) + [(lr.expand(m, -1, -1, -1), masks, 0.5)]  # the real LR image too
         t0 = time.perf_counter()
         net2, infos2, iters = train_members(
             levels, k_given, 2, config, seeds, _crop_size(config, (2 * h, 2 * w), 2), stage=1,
