@@ -14,6 +14,10 @@ and ``peak_mib`` (``torch.cuda.max_memory_allocated`` of the timed run, MiB). On
 ``sync_sites``: the lines of our code that synchronise with the host within those steps
 (``torch.cuda.set_sync_debug_mode``; empty when the steps run free of host syncs).
 
+``kernelgan-graphs`` / ``zssr-graphs`` (``--trainers``) time the same steps with ``cuda_graphs=True``
+(the step captured once and replayed; on the CPU the same eager step). The JSON is rewritten after
+each trainer, so a run cut short keeps what it measured.
+
     python benchmarks/gpu_steps.py --out steps.json                       # CUDA, paper presets
     python benchmarks/gpu_steps.py --cpu --members 1,2 --out steps.json   # tiny CPU mode (dry run)
 """
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu", action="store_true", help="tiny mode on the CPU (what the dry run uses)")
     parser.add_argument("--members", default="1,2,8,64")
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    parser.add_argument("--trainers", default="kernelgan,zssr")
+    parser.add_argument("--trainers", default="kernelgan,zssr,kernelgan-graphs,zssr-graphs")
     parser.add_argument("--out", type=Path, help="JSON file (else stdout only)")
     args = parser.parse_args(argv)
 
@@ -273,17 +277,21 @@ def main(argv: list[str] | None = None) -> None:
                    "zssr": "(run of short + timed iterations - run of short) / timed, "
                            + ", ".join(f"{m} members: {zssr_counts(m)}" for m in members)},
     }
-    trainers = args.trainers.split(",")
     first = members[0]  # host syncs do not depend on the member count: checked once
-    if "kernelgan" in trainers:
-        report["kernelgan"] = measure(lambda m: kernelgan_row(image, m, kg, device, warmup, timed, m == first), members)
-    if "zssr" in trainers:
-        report["zssr"] = measure(lambda m: zssr_row(image, m, zs, device, *zssr_counts(m), m == first), members)
-    text = json.dumps(report, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    for trainer in args.trainers.split(","):
+        graphs = trainer.endswith("-graphs")
+        if trainer.startswith("kernelgan"):
+            config = kg.with_(cuda_graphs=graphs)
+            report[trainer] = measure(lambda m: kernelgan_row(image, m, config, device, warmup, timed, m == first), members)
+        elif trainer.startswith("zssr"):
+            config = zs.with_(cuda_graphs=graphs)
+            report[trainer] = measure(lambda m: zssr_row(image, m, config, device, *zssr_counts(m), m == first), members)
+        else:
+            raise SystemExit(f"unknown trainer {trainer!r}")
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
+    if not args.out:
+        print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def steps_section(path: Path) -> list[str]:
     lines = [f"{data.get('device')}, torch {data.get('torch')}; masked crop: {data.get('masked_crop')}.", "", header,
              "|---|---|---|---|---|---|---|---|"]
     syncs = []
-    for trainer in ("kernelgan", "zssr"):
+    for trainer in ("kernelgan", "zssr", "kernelgan-graphs", "zssr-graphs"):
         for r in data.get(trainer, []):
             if "error" in r:
                 lines.append(f"| {trainer} | {r['members']} | {r['error']} | | | | | |")

@@ -1,5 +1,7 @@
 """End-to-end throughput: batched members (all regions of an image train together) against our own
-unbatched eager path (one region at a time), per stage, with peak GPU memory.
+unbatched eager path (one region at a time) and against cross-image packing (the regions of all
+images in one KernelGAN and one ZSSR batch, what ``mkgan-engine sr --pack N`` does), per stage, with
+peak GPU memory.
 
 Each image is a real photo cropped to ``--size`` LR pixels with a two-region mask (left/right
 halves blurred by two different kernels, protocol-S style), so every run trains 2 KernelGAN and
@@ -44,7 +46,7 @@ from mkgan_engine.train.degradation import anisotropic_gaussian, degrade  # noqa
 from mkgan_engine.train.kernel import kernel_error  # noqa: E402
 from mkgan_engine.train.kernelgan import estimate_kernels  # noqa: E402
 from mkgan_engine.train.merge import merge_regions  # noqa: E402
-from mkgan_engine.train.zssr import run_zssr  # noqa: E402
+from mkgan_engine.train.zssr import ZSSRJob, run_zssr, run_zssr_many  # noqa: E402
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / "samples" / "hr"
 
@@ -91,6 +93,28 @@ def run_case(lr, labels, kg: KernelGANConfig, zs: ZSSRConfig, device: str, batch
     return {"kernelgan": t1 - t0, "zssr": t2 - t1, "merge": t3 - t2, "total": t3 - t0, "kernels": kernels, "sr": sr}
 
 
+def run_packed(cases: list[tuple[np.ndarray, np.ndarray]], kg: KernelGANConfig, zs: ZSSRConfig, device: str) -> dict:
+    """All images (LR, labels) at once: their 2 regions each in one KernelGAN and one ZSSR member
+    batch (seeds 0, 1 per image, as in :func:`run_case`). Seconds per stage are per image (the
+    packed call's over the number of images); kernels and SR images are lists per image."""
+    masks = [[labels == 0, labels == 1] for _, labels in cases]
+    t0 = time.perf_counter()
+    estimates = estimate_kernels([lr for lr, _ in cases for _ in range(2)], [m for ms in masks for m in ms], kg,
+                                 [0, 1] * len(cases), device)
+    kernels = [[estimates[2 * i].kernel, estimates[2 * i + 1].kernel] for i in range(len(cases))]
+    sync(device)
+    t1 = time.perf_counter()
+    results = run_zssr_many([ZSSRJob(lr, ks, ms, [0, 1]) for (lr, _), ks, ms in zip(cases, kernels, masks)], 2, zs, device=device)
+    sync(device)
+    t2 = time.perf_counter()
+    srs = [merge_regions(r.images, np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1), [0, 1], scale=2)
+           for r, (_, labels) in zip(results, cases)]
+    t3 = time.perf_counter()
+    n = len(cases)
+    return {"kernelgan": (t1 - t0) / n, "zssr": (t2 - t1) / n, "merge": (t3 - t2) / n, "total": (t3 - t0) / n,
+            "kernels": kernels, "sr": srs}
+
+
 WARMUP_ITERATIONS = 50  # per stage in a --warmup run
 
 
@@ -119,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=512, help="LR side in pixels")
     parser.add_argument("--images", type=int, default=2, help="how many photos from --dir")
     parser.add_argument("--dir", type=Path, default=DEFAULT_IMAGES)
-    parser.add_argument("--paths", default="batched,unbatched")
+    parser.add_argument("--paths", default="batched,unbatched,packed", help="packed runs last, all images at once")
     parser.add_argument("--warmup", type=int, default=0, help="untimed warm-up images before the timed ones")
     add_override_option(parser, "kernelgan", "iterations=1000")
     add_override_option(parser, "zssr", "iterations=1000")
@@ -139,12 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.warmup):
         lr, _hr, labels = make_case(photos[0], args.size)
         for path_name in paths:
-            run_case(lr, labels, *capped(kg, zs, WARMUP_ITERATIONS), args.device, path_name == "batched")
+            if path_name == "packed":
+                run_packed([(lr, labels)] * 2, *capped(kg, zs, WARMUP_ITERATIONS), args.device)
+            else:
+                run_case(lr, labels, *capped(kg, zs, WARMUP_ITERATIONS), args.device, path_name == "batched")
     runs: dict[str, list[dict]] = {name: [] for name in paths}
     peaks = {name: 0.0 if cuda else float("nan") for name in paths}
-    for photo in photos:  # image by image, both paths: a run cut short has both paths of its first images
-        lr, hr, labels = make_case(photo, args.size)
-        for path_name in paths:
+    cases = [make_case(photo, args.size) for photo in photos]
+    for photo, (lr, hr, labels) in zip(photos, cases):  # image by image: a run cut short has both paths of its first images
+        for path_name in (p for p in paths if p != "packed"):
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             out = run_case(lr, labels, kg, zs, args.device, path_name == "batched")
@@ -156,6 +183,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path_name:9s} {photo.name}: {out['total']:.1f} s (KernelGAN {out['kernelgan']:.1f}, ZSSR {out['zssr']:.1f}), "
                   f"Y-PSNR {out['psnr']:.2f} dB", flush=True)
         write_json(args.json, header, runs, [], complete=False)
+    if "packed" in paths:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        out = run_packed([(lr, labels) for lr, _, labels in cases], kg, zs, args.device)
+        if cuda:
+            peaks["packed"] = torch.cuda.max_memory_allocated() / 2**30
+        for photo, (_, hr, _), kernels, sr in zip(photos, cases, out["kernels"], out["sr"]):
+            runs["packed"].append({**{k: out[k] for k in ("kernelgan", "zssr", "merge", "total")}, "kernels": kernels, "sr": sr,
+                                   "psnr": psnr(sr, hr, shave=2, y=True), "image": photo.name, "path": "packed"})
+        print(f"packed    {len(photos)} images: {out['total']:.1f} s per image", flush=True)
     rows = []
     for path_name in paths:
         mean = {k: float(np.mean([r[k] for r in runs[path_name]])) for k in ("kernelgan", "zssr", "merge", "total", "psnr")}
@@ -180,6 +217,11 @@ def main(argv: list[str] | None = None) -> None:
         dpsnr = [ra["psnr"] - rb["psnr"] for ra, rb in zip(runs["batched"], runs["unbatched"])]
         lines += ["", f"Batched vs unbatched: kernel L1 difference max {max(diffs):.2e}; "
                       f"Y-PSNR difference max {max(abs(d) for d in dpsnr):.3f} dB (same seeds)."]
+    if {"batched", "packed"} <= runs.keys():
+        diffs = [kernel_error(a, b)["l1"] for ra, rb in zip(runs["batched"], runs["packed"]) for a, b in zip(ra["kernels"], rb["kernels"])]
+        dpsnr = [ra["psnr"] - rb["psnr"] for ra, rb in zip(runs["batched"], runs["packed"])]
+        lines += ["", f"Packed vs batched: kernel L1 difference max {max(diffs):.2e}; "
+                      f"Y-PSNR difference max {max(abs(d) for d in dpsnr):.3f} dB (same seeds; float32 rounding of batches of other sizes)."]
     write_json(args.json, header, runs, rows, complete=True)
     command = "python benchmarks/gpu_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     publish(f"Command: `{command}`\n\n" + "\n".join(lines) + "\n", args.results, args.section)

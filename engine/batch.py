@@ -1,9 +1,13 @@
 """Streaming over many images: a bounded pipeline that reads and masks the next images while the
-current one trains, writes each image's outputs (in a writer thread) before reporting it, and never
+current ones train, writes each image's outputs (in a writer thread) before reporting it, and never
 lets one bad image stop the batch.
 
-Memory stays flat: at most ``prefetch`` decoded images wait, at most one write is in flight, and
-pixel arrays are dropped once written.
+With ``pack`` > 1 the regions of up to ``pack`` images train together as one member batch
+(:meth:`Engine.finish_many`: KernelGAN and ZSSR members of several images in one batch, what fills a
+GPU); each image's result is the one it gets alone, so packing changes the speed, never the output.
+
+Memory stays flat: at most ``max(prefetch, pack)`` decoded images wait, at most one pack trains,
+writes are queued one at a time, and pixel arrays are dropped once written.
 """
 
 from __future__ import annotations
@@ -172,20 +176,27 @@ def run_batch(
     out_dir: Path | None = None,
     gt_dir: Path | None = None,
     prefetch: int = 2,
+    pack: int = 1,
+    pack_pixels: int | None = None,
 ) -> Iterator[Result]:
     """Yield one Result per input, in order, as each finishes (written to ``out_dir`` when given).
 
-    Stage 1 (thread): :meth:`Engine.prepare` (decode, size check, mask) the next ``prefetch``
-    images. Stage 2 (caller's thread): :meth:`Engine.finish` (kernel estimation, ZSSR, merge).
-    Stage 3 (thread): write outputs; an image is yielded once its files
-    are written. A failure in any stage becomes a Result with
-    status "failed" and the error; --skip-existing inputs become "skipped".
+    Stage 1 (thread): :meth:`Engine.prepare` (decode, size check, mask) the next
+    ``max(prefetch, pack)`` images. Stage 2 (caller's thread): :meth:`Engine.finish` (kernel
+    estimation, ZSSR, merge) of one image, or with ``pack`` > 1 :meth:`Engine.finish_many` of the
+    next ``pack`` prepared images, as many as fit ``pack_pixels`` LR pixels in all (an image larger
+    than that is a pack of its own; None: no limit). When a pack fails, its images are finished one
+    by one, so the error lands on the image that caused it. Stage 3 (thread): write outputs; an image is yielded
+    once its files are written. A failure in any stage becomes a Result with status "failed" and
+    the error; --skip-existing inputs become "skipped".
     """
+    if pack < 1:
+        raise ValueError(f"pack must be >= 1, got {pack}")
     from mkgan_engine.outputs import output_paths, write_result
 
     items = [i if isinstance(i, InputFile) else InputFile(Path(i)) for i in inputs]
     config = engine.config
-    ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    ready: queue.Queue = queue.Queue(maxsize=max(1, prefetch, pack))
     stop = threading.Event()
 
     def prepare(item: InputFile) -> Prepared | Result:
@@ -223,15 +234,34 @@ def run_batch(
     thread.start()
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mkgan-writer")
     try:
-        while True:
-            item, prepared = ready.get()
-            if prepared is _DONE:
-                break
-            if isinstance(prepared, Result):
-                yield prepared
-                continue
-            result, write = _train_and_write(engine, item, prepared, out_dir, gt_dir, writer, output_paths, write_result)
-            yield _settle(result, write)  # reported as soon as its files are written, not one image later
+        carry: list[tuple[InputFile, Prepared | Result]] = []  # taken from the queue, not packed yet
+        done = False
+        while carry or not done:
+            entries: list[tuple[InputFile, Prepared | Result]] = []  # in input order: up to `pack` to train
+            count = pixels = 0
+            while count < pack:
+                if carry:
+                    item, prepared = carry.pop(0)
+                elif done:
+                    break
+                else:
+                    item, prepared = ready.get()
+                    if prepared is _DONE:
+                        done = True
+                        break
+                if isinstance(prepared, Prepared):
+                    size = prepared.image.shape[0] * prepared.image.shape[1]
+                    if count and pack_pixels is not None and pixels + size > pack_pixels:
+                        carry.insert(0, (item, prepared))  # starts the next pack
+                        break
+                    count, pixels = count + 1, pixels + size
+                entries.append((item, prepared))
+                if isinstance(prepared, Result) and len(entries) == 1:
+                    break  # nothing trains before it: report it now
+            trained = iter(_train_and_write(engine, [(i, p) for i, p in entries if isinstance(p, Prepared)], out_dir, gt_dir,
+                                            writer, output_paths, write_result))
+            for _item, prepared in entries:  # each reported as soon as its files are written
+                yield prepared if isinstance(prepared, Result) else _settle(*next(trained))
     finally:
         stop.set()
         while thread.is_alive():  # unblock the producer
@@ -242,19 +272,43 @@ def run_batch(
         writer.shutdown(wait=True)
 
 
-def _train_and_write(engine: Engine, item: InputFile, prepared: Prepared, out_dir, gt_dir, writer, output_paths, write_result):
-    try:
+def _train_and_write(engine: Engine, pack: list[tuple[InputFile, Prepared]], out_dir, gt_dir, writer, output_paths,
+                     write_result) -> list[tuple[Result, Future | None]]:
+    """Finish the images of ``pack`` (together when there are several; one by one when that fails)
+    and queue their writes: (result, write future or None) per image, in order."""
+    if not pack:
+        return []
+    truths = []
+    for item, _ in pack:
         gt_path = _find_ground_truth(gt_dir, item.path.stem)
         if gt_dir is not None and gt_path is None:
             log.warning("no ground truth for %s in %s", item.path.name, gt_dir)
-        result = engine.finish(prepared, ground_truth=gt_path)
+        truths.append(gt_path)
+    results: list[Result] | None = None
+    if len(pack) > 1:
+        try:
+            results = engine.finish_many([p for _, p in pack], truths)
+        except Exception as error:  # noqa: BLE001 - find the image that fails by finishing each alone
+            log.warning("a pack of %d images failed (%s: %s); finishing them one by one", len(pack), type(error).__name__, error)
+            log.debug("pack failure", exc_info=True)
+    if results is None:
+        results = [_finish_one(engine, item, prepared, truth) for (item, prepared), truth in zip(pack, truths)]
+    return [(result, None if out_dir is None or result.status != "ok" else _queue_write(engine, item, result, out_dir, writer,
+                                                                                         output_paths, write_result))
+            for (item, _), result in zip(pack, results)]
+
+
+def _finish_one(engine: Engine, item: InputFile, prepared: Prepared, ground_truth: Path | None) -> Result:
+    try:
+        return engine.finish(prepared, ground_truth=ground_truth)
     except Exception as error:  # noqa: BLE001
         log.debug("processing failed for %s", item.path, exc_info=True)
         message = str(error) if isinstance(error, (InputError, ImageReadError)) else f"{type(error).__name__}: {error}"
         return Result(input=str(item.path), status="failed", error=message, region_map=prepared.plan.region_map,
-                      timings=dict(prepared.timings)), None
-    if out_dir is None:
-        return result, None
+                      timings=dict(prepared.timings))
+
+
+def _queue_write(engine: Engine, item: InputFile, result: Result, out_dir: Path, writer, output_paths, write_result) -> Future:
     paths = output_paths(item.path, out_dir, engine.config, item.relative_dir)
 
     def write() -> None:
@@ -262,7 +316,7 @@ def _train_and_write(engine: Engine, item: InputFile, prepared: Prepared, out_di
         result.outputs = write_result(result, paths, engine.config)
         result.timings["write"] = time.perf_counter() - start
 
-    return result, writer.submit(write)
+    return writer.submit(write)
 
 
 def _settle(result: Result, write: Future | None) -> Result:

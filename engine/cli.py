@@ -19,6 +19,12 @@ from mkgan_engine.cli_flags import with_flags
 from mkgan_engine.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from mkgan_engine.train.config import ENSEMBLE_SIZES, KERNEL_ESTIMATORS, KERNEL_MODELS
 
+# `sr --pack`: up to 4 images per member batch, at most 1 LR megapixel in all (1.16x images/hour on
+# 2 CPU cores with the same pixels, RESULTS.md "packing-cpu"; larger photos go alone, memory stays
+# that of one large photo).
+PACK_DEFAULT = 4
+PACK_PIXELS = 1_000_000
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -96,6 +102,7 @@ def sr(
     ensemble: Optional[int] = typer.Option(None, help="Override the preset's ZSSR self-ensemble: 1, 2, 4 or 8 flips/rotations (8 = slowest, best)."),
     tile: Optional[int] = typer.Option(None, min=32, help="ZSSR inference tile side in LR pixels (default: the largest that fits --max-memory)."),
     max_memory: int = typer.Option(1024, min=64, help="Working memory (MB) of one ZSSR inference tile; the image-sized arrays come on top (README, 'Large photos')."),
+    pack: Optional[int] = typer.Option(None, min=1, max=64, help=f"Train the regions of up to N images (at most {PACK_PIXELS / 1e6:g} LR megapixel in all) as one member batch: the same outputs, faster (default {PACK_DEFAULT}; 1 = one image at a time)."),
     suffix: str = typer.Option("_x{scale}", help="Output name suffix; {scale} is replaced."),
     ext: str = typer.Option("png", help="Output format: png, jpg, webp, tif or same (as the input; GIF -> png)."),
     jpeg_quality: int = typer.Option(95, min=1, max=100, help="Quality of jpg/webp SR images."),
@@ -136,6 +143,8 @@ def sr(
         _choice(str(ensemble), tuple(map(str, ENSEMBLE_SIZES)), "--ensemble")
     if ray is not None and ray != "auto" and not re.fullmatch(r"(ray://)?[^\s/]+:\d+", ray):
         raise typer.BadParameter(f"{ray!r} is neither auto nor an address HOST:PORT (ray://HOST:PORT)", param_hint="--ray")
+    if ray is not None and pack is not None and pack > 1:
+        raise typer.BadParameter("packs images on one machine; with --ray every worker runs its own images", param_hint="--pack")
     if ray is None and (ray_workers is not None or gpus_per_worker):
         raise typer.BadParameter("needs --ray", param_hint="--ray-workers" if ray_workers is not None else "--gpus-per-worker")
     saves = () if save == "none" else _csv_set(save, ("kernels", "masks", "previews"), "--save")
@@ -229,7 +238,8 @@ def sr(
     try:
         with progress or _NullContext():
             if records is None:  # the local runner
-                records = (Record.of(result) for result in run_batch(engine, items, out_dir=output, gt_dir=gt_dir))
+                records = (Record.of(result) for result in run_batch(engine, items, out_dir=output, gt_dir=gt_dir,
+                                                                      pack=pack or PACK_DEFAULT, pack_pixels=PACK_PIXELS))
             for record in records:
                 run_report.add(record.resumed(earlier))
                 if progress:

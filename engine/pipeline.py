@@ -215,35 +215,46 @@ class Engine:
         """One x2 kernel per region (image: float32 HxWx3 in [0,1]) with the configured estimator:
         KENet on windows inside each region, KernelGAN with all regions trained together as batched
         members, or KernelGAN started from the KENet kernels ("hybrid")."""
+        return self.estimate_kernels_many([image], [plan])[0]
+
+    def estimate_kernels_many(self, images: list[np.ndarray], plans: list[Plan]) -> list[list[RegionResult]]:
+        """:meth:`estimate_kernels` for several images at once: KernelGAN trains the regions of all
+        of them as one member batch (each region gets the kernel it gets alone)."""
         from mkgan_engine.train.kernel import analytic_x4
 
         estimator = self.config.kernel_estimator
-        masks = list(plan.masks)
-        kernels, extras = [], []
+        kernels: list[list[np.ndarray]] = [[] for _ in images]
+        extras: list[list[dict[str, Any]]] = [[] for _ in images]
         if estimator in ("kenet", "hybrid"):
             from mkgan_engine.train.kenet import estimate_region_kernels
 
-            for est in estimate_region_kernels(image, masks, self.config.kenet, self.kenet_model, self.device):
-                kernels.append(est.kernel)
-                extras.append({"status": "ok", "restarts": 0, "notes": list(est.notes),
-                               "confidence": {"windows": est.windows, "spread_px": [round(v, 3) for v in est.spread_px]}})
+            for j, (image, plan) in enumerate(zip(images, plans)):
+                for est in estimate_region_kernels(image, list(plan.masks), self.config.kenet, self.kenet_model, self.device):
+                    kernels[j].append(est.kernel)
+                    extras[j].append({"status": "ok", "restarts": 0, "notes": list(est.notes),
+                                      "confidence": {"windows": est.windows, "spread_px": [round(v, 3) for v in est.spread_px]}})
         if estimator in ("kernelgan", "hybrid"):
             from mkgan_engine.train.kernelgan import estimate_kernels
 
             config = self.config.kernelgan
             if estimator == "hybrid":
                 config = config.with_(kernel_model="gaussian")
-            estimates = estimate_kernels([image] * len(masks), masks, config, list(plan.kernel_seeds), device=self.device,
-                                         start_kernels=kernels if estimator == "hybrid" else None)
-            kenet_extras = extras or [{}] * len(estimates)
-            kernels = [est.kernel for est in estimates]
-            extras = [{"status": est.status, "restarts": est.restarts, "confidence": k.get("confidence"),
-                       "notes": k.get("notes", []) + list(est.messages)} for est, k in zip(estimates, kenet_extras)]
+            owner = [j for j, plan in enumerate(plans) for _ in plan.masks]  # the image of each member
+            estimates = estimate_kernels([images[j] for j in owner], [m for plan in plans for m in plan.masks], config,
+                                         [s for plan in plans for s in plan.kernel_seeds], device=self.device,
+                                         start_kernels=[k for ks in kernels for k in ks] if estimator == "hybrid" else None)
+            kenet_extras = [e for es in extras for e in es] or [{}] * len(estimates)
+            kernels, extras = [[] for _ in images], [[] for _ in images]
+            for j, est, k in zip(owner, estimates, kenet_extras):
+                kernels[j].append(est.kernel)
+                extras[j].append({"status": est.status, "restarts": est.restarts, "confidence": k.get("confidence"),
+                                  "notes": k.get("notes", []) + list(est.messages)})
         return [
-            RegionResult(label=region.label, name=region.name, source=region.source, area_fraction=region.area_fraction,
-                         kernel=kernel, kernel_x4=analytic_x4(kernel) if plan.scale == 4 else None,
-                         estimator=estimator, **extra)
-            for region, kernel, extra in zip(plan.region_map.regions, kernels, extras)
+            [RegionResult(label=region.label, name=region.name, source=region.source, area_fraction=region.area_fraction,
+                          kernel=kernel, kernel_x4=analytic_x4(kernel) if plan.scale == 4 else None,
+                          estimator=estimator, **extra)
+             for region, kernel, extra in zip(plan.region_map.regions, ks, es)]
+            for plan, ks, es in zip(plans, kernels, extras)
         ]
 
     @property
@@ -264,20 +275,33 @@ class Engine:
         (float32 (H*s)x(W*s)x3 in [0,1], per region :func:`zssr_diagnostics`); ``timings``, when
         given, receives the "zssr" and "merge" seconds.
         """
-        from mkgan_engine.train.merge import merge_regions
-        from mkgan_engine.train.zssr import run_zssr
+        return self.super_resolve_many([image], [plan], [kernels], timings)[0]
 
-        scale = plan.scale
+    def super_resolve_many(
+        self, images: list[np.ndarray], plans: list[Plan], kernels: list[list[np.ndarray]],
+        timings: dict[str, float] | None = None,
+    ) -> list[tuple[np.ndarray, list[dict[str, float]]]]:
+        """:meth:`super_resolve` for several images at once: the regions of all of them train as one
+        ZSSR member batch (:func:`~mkgan_engine.train.zssr.run_zssr_many`; each region gets what it
+        gets alone). ``timings`` receives the seconds of all images together."""
+        from mkgan_engine.train.merge import merge_regions
+        from mkgan_engine.train.zssr import ZSSRJob, run_zssr_many
+
+        scale = self.config.scale
+        jobs = [ZSSRJob(image, ks, list(plan.masks), list(plan.zssr_seeds)) for image, plan, ks in zip(images, plans, kernels)]
         with self._stage("zssr", timings):
             progress = None if self.on_progress is None else (lambda phase, done, total: self.on_progress(f"zssr {phase}", done, total))
-            zssr = run_zssr(image, kernels, scale, self.config.zssr, masks=list(plan.masks), seeds=list(plan.zssr_seeds),
-                            device=self.device, progress=progress)
-        diagnostics = [zssr_diagnostics(member) for member in zssr.members]
-        if len(zssr.images) == 1:
-            return zssr.images[0], diagnostics
-        with self._stage("merge", timings):
-            region_map = plan.region_map
-            return merge_regions(zssr.images, region_map.upscale(scale), region_map.label_ids, scale=scale), diagnostics
+            results = run_zssr_many(jobs, scale, self.config.zssr, device=self.device, progress=progress)
+        out = []
+        for zssr, plan in zip(results, plans):
+            diagnostics = [zssr_diagnostics(member) for member in zssr.members]
+            if len(zssr.images) == 1:
+                out.append((zssr.images[0], diagnostics))
+                continue
+            with self._stage("merge", timings):
+                region_map = plan.region_map
+                out.append((merge_regions(zssr.images, region_map.upscale(scale), region_map.label_ids, scale=scale), diagnostics))
+        return out
 
     # ----------------------------------------------------------------------------- whole image
     def prepare(
@@ -308,17 +332,38 @@ class Engine:
     ) -> Result:
         """Kernels (or the given ``kernels``, one per region), ZSSR, merge, alpha and the metrics
         against ``ground_truth`` for a :meth:`prepare`-d image. Raises on bad input."""
-        loaded, plan = prepared.image, prepared.plan
-        rgb, timings = loaded.rgb, dict(prepared.timings)
+        if kernels is not None and len(kernels) != len(prepared.plan.region_map):
+            raise InputError(f"{len(kernels)} kernels for {len(prepared.plan.region_map)} regions")
+        return self.finish_many([prepared], [ground_truth], None if kernels is None else [kernels])[0]
+
+    def finish_many(
+        self,
+        prepared: list[Prepared],
+        ground_truths: list[np.ndarray | str | os.PathLike[str] | None] | None = None,
+        kernels: list[list[np.ndarray]] | None = None,
+    ) -> list[Result]:
+        """:meth:`finish` for several images packed together: the regions of all of them are one
+        member batch for KernelGAN and one for ZSSR (the engine's throughput on a GPU), and every
+        image gets the result it gets alone. Each image's stage timings are its share (1/N) of the
+        packed stages. Raises on bad input (the batch runner then finishes the images one by one)."""
+        plans = [p.plan for p in prepared]
+        rgbs = [p.image.rgb for p in prepared]
+        shared: dict[str, float] = {}
         if kernels is None:
-            with self._stage("kernels", timings):
-                regions = self.estimate_kernels(rgb, plan)
+            with self._stage("kernels", shared):
+                regions = self.estimate_kernels_many(rgbs, plans)
         else:
-            if len(kernels) != len(plan.region_map):
-                raise InputError(f"{len(kernels)} kernels for {len(plan.region_map)} regions")
-            regions = [RegionResult(r.label, r.name, "user", r.area_fraction, np.asarray(k, np.float32))
-                       for r, k in zip(plan.region_map.regions, kernels)]
-        sr, zssr = self.super_resolve(rgb, plan, [r.kernel for r in regions], timings)
+            regions = [[RegionResult(r.label, r.name, "user", r.area_fraction, np.asarray(k, np.float32))
+                        for r, k in zip(plan.region_map.regions, ks)] for plan, ks in zip(plans, kernels)]
+        srs = self.super_resolve_many(rgbs, plans, [[r.kernel for r in rs] for rs in regions], shared)
+        truths = ground_truths or [None] * len(prepared)
+        return [self._result(p, rs, sr, zssr, {**p.timings, **{k: v / len(prepared) for k, v in shared.items()}}, truth)
+                for p, rs, (sr, zssr), truth in zip(prepared, regions, srs, truths)]
+
+    def _result(self, prepared: Prepared, regions: list[RegionResult], sr: np.ndarray, zssr: list[dict[str, float]],
+                timings: dict[str, float], ground_truth: np.ndarray | str | os.PathLike[str] | None) -> Result:
+        """The :class:`Result` of one finished image: alpha upscaled, metrics against ``ground_truth``."""
+        loaded, plan = prepared.image, prepared.plan
         result = Result(input=str(loaded.path) if loaded.path else None, sr=sr, image=loaded, region_map=plan.region_map,
                         regions=[replace(r, zssr=z) for r, z in zip(regions, zssr)], timings=timings, size_lr=loaded.shape)
         if loaded.alpha is not None:

@@ -96,7 +96,7 @@ def test_interrupt_then_resume(tmp_path, monkeypatch):
         return real_finish(self, prepared, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "finish", interrupted_finish)
-    result = invoke("sr", inputs, "-o", out, "--masker", "none", *QUICK)
+    result = invoke("sr", inputs, "-o", out, "--masker", "none", "--pack", "1", *QUICK)  # one image at a time
     assert result.exit_code == 130
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] and [e["status"] for e in report["images"]] == ["ok"]

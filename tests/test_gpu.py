@@ -1,9 +1,11 @@
 """The trainers on CUDA (all skipped without it; run by benchmarks/gpu_check.sh on a GPU machine).
 
 CUDA against the CPU (KernelGAN in float64, ZSSR in float32 without autocast, TF32 off), ZSSR's
-bfloat16 autocast, a small ``Engine.run``, the masked-crop op on the trainers' own inputs, and the
+bfloat16 autocast, a small ``Engine.run``, the masked-crop op on the trainers' own inputs, the
 promise of the trainers' docstrings that a training step queues its work without waiting for the
-GPU (``torch.cuda.set_sync_debug_mode``). Sizes are small: the whole file takes about a minute.
+GPU (``torch.cuda.set_sync_debug_mode``), and KernelGAN's step captured in a CUDA graph
+(``KernelGANConfig.cuda_graphs``): the same kernels as eager steps, no host sync per replay. Sizes
+are small: the whole file takes about a minute.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from mkgan_engine import Engine, EngineConfig, MaskerConfig, RegionInfo, RegionMap
 from mkgan_engine.imageio import read_image
 from mkgan_engine.metrics import psnr
-from mkgan_engine.train import rng, sampler
+from mkgan_engine.train import graphs, kernelgan, rng, sampler
 from mkgan_engine.train.config import KernelGANConfig, ZSSRConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
 from mkgan_engine.train.kernelgan import estimate_kernels
@@ -201,3 +203,103 @@ def test_zssr_training_iterations_do_not_wait_for_the_gpu(bird):
     train(5)  # warm-up
     per_iteration = steps.per_iteration_sync_sites(train, 5, 10)
     assert not per_iteration, f"host syncs per ZSSR iteration (site: syncs per iteration): {per_iteration}"
+
+
+# ------------------------------------------------------------------------------------------------
+# KernelGAN's training step as a CUDA graph (KernelGANConfig.cuda_graphs)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms (no atomics-based backward), restored afterwards: two eager
+    runs then agree bit for bit, so captured == eager is a bitwise question."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d).split(".")[-1])
+def test_captured_kernelgan_steps_equal_eager_steps(bird, monkeypatch, deterministic_cudnn, dtype):
+    """30 iterations with ``cuda_graphs=True`` (3 eager warm-up steps on a side stream, the capture
+    and its replay, then replays; random-number windows refilled every 10 steps between replays, two
+    checks) give the kernels and loss history of eager steps, bit for bit, and a graph was really
+    captured and replayed."""
+    runners: list[graphs.StepRunner] = []
+
+    class Recording(graphs.StepRunner):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            runners.append(self)
+
+    monkeypatch.setattr(kernelgan, "StepRunner", Recording)
+    image = bird[:96, :112]
+    mask = np.zeros(image.shape[:2], bool)
+    mask[:, 40:] = True
+
+    def run(config: KernelGANConfig) -> list:
+        return estimate_kernels([image, image], [None, mask], config, [3, 11], device="cuda", check_every=15, dtype=dtype)
+
+    eager = [run(QUICK_KG), run(QUICK_KG)]
+    captured = run(QUICK_KG.with_(cuda_graphs=True))
+    graph_runners = [r for r in runners if r.capture]  # one per batch (re)build
+    assert graph_runners and graph_runners[0].captured, "no CUDA graph was captured"
+    assert sum(r.calls for r in graph_runners) == max(e.iterations for e in captured)  # one call per iteration
+    eager_reproducible = all(np.array_equal(a.raw_kernel, b.raw_kernel) for a, b in zip(*eager))
+    for i, (c, e) in enumerate(zip(captured, eager[0])):
+        note = f"member {i}; two eager runs {'agree' if eager_reproducible else 'differ as well'}"
+        assert (c.status, c.restarts, c.iterations) == (e.status, e.restarts, e.iterations), note
+        assert np.array_equal(c.raw_kernel, e.raw_kernel), f"raw kernels differ by {np.abs(c.raw_kernel - e.raw_kernel).max():.3g}; {note}"
+        assert np.array_equal(c.kernel, e.kernel), note
+        for key in e.history:
+            assert np.array_equal(c.history[key], e.history[key]), f"history {key}; {note}"
+
+
+def test_a_replayed_kernelgan_step_does_not_wait_for_the_gpu(bird):
+    steps = _gpu_steps()
+    batch = steps.kernelgan_batch(bird, 2, KernelGANConfig.preset("paper").with_(cuda_graphs=True), CUDA)
+    for _ in range(batch.runner.warmup + 1):  # the eager warm-up steps, then the capture (and its replay)
+        batch.step()
+    assert batch.runner.captured
+    sites = steps.sync_sites(lambda: [batch.step() for _ in range(batch.window)])  # replays and one window refill
+    assert not sites, f"host syncs in {batch.window} replayed KernelGAN steps (site: count): {sites}"
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batch.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert batch.steps.tolist() == [batch.window + batch.runner.warmup + 2] * 2  # every step ran exactly once
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
+def test_captured_zssr_steps_equal_eager_steps(bird, monkeypatch, deterministic_cudnn, amp):
+    """ZSSR with ``cuda_graphs=True``: the training step captured once per batch (re)build and
+    replayed, the random-number windows refilled in place between replays, members frozen at lr 0
+    (fixed batch size on CUDA) - the same SR images, iterations and learning rates as eager steps."""
+    import mkgan_engine.train.zssr as zssr
+
+    runners: list[graphs.StepRunner] = []
+
+    class Recording(graphs.StepRunner):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            runners.append(self)
+
+    monkeypatch.setattr(zssr, "StepRunner", Recording)
+    lr = bird[100:164, 80:144]
+    kernels = [anisotropic_gaussian(13, 2.0, 0.8, 0.4, 2), anisotropic_gaussian(13, 1.0, 1.5, 2.0, 2)]
+    mask = np.zeros(lr.shape[:2], bool)
+    mask[4:60, 20:64] = True
+    config = QUICK_ZSSR.with_(iterations=48, amp=amp, lr_min=5e-5)
+
+    def run(cfg: ZSSRConfig):
+        return run_zssr(lr, kernels, 2, cfg, masks=[None, mask], seeds=[7, 123], device="cuda")
+
+    eager = run(config)
+    captured = run(config.with_(cuda_graphs=True))
+    graph_runners = [r for r in runners if r.capture]
+    assert graph_runners and graph_runners[0].captured, "no CUDA graph was captured"
+    assert [m.iterations for m in captured.members] == [m.iterations for m in eager.members]
+    assert [m.final_lr for m in captured.members] == [m.final_lr for m in eager.members]
+    for c, e in zip(captured.images, eager.images):
+        np.testing.assert_allclose(c, e, rtol=0, atol=1e-6)

@@ -42,5 +42,5 @@ def test_cpu_dry_run_writes_every_file_and_says_what_ran(tmp_path):
         assert [r["members"] for r in steps[trainer]] == [1, 2]
         assert all(r["step_ms"] > 0 and r["aten_ops_per_step"] > 0 for r in steps[trainer]), steps[trainer]
     throughput = json.loads((out / "throughput.json").read_text())
-    assert throughput["complete"] and [p["path"] for p in throughput["paths"]] == ["batched", "unbatched"]
+    assert throughput["complete"] and [p["path"] for p in throughput["paths"]] == ["batched", "unbatched", "packed"]
     assert "| batched |" in (out / "throughput.md").read_text() and "| batched |" in summary

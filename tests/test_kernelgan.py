@@ -1,5 +1,6 @@
 """KernelGAN (train/kernelgan.py): the generator's kernel, batched == single, the stability guard,
-odd inputs, and kernel recovery on a real photo (fast preset)."""
+the windowed / in-place / frozen-slot step against the per-step reference, odd inputs, and kernel
+recovery on a real photo (fast preset)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mkgan_engine.train import kernelgan, losses
+from mkgan_engine.train import kernelgan, losses, sampler
 from mkgan_engine.train.config import KernelGANConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
 from mkgan_engine.train.generator import BatchedGenerator, GaussianGenerator
+from mkgan_engine.train.graphs import StepRunner
 from mkgan_engine.train.kernel import kernel_error, kernel_moments, sf_center
 from mkgan_engine.train.kernelgan import diagnose_kernel, estimate_kernels
 
@@ -171,6 +173,129 @@ def test_nan_restarts_the_member_with_a_new_seed(load_photo, monkeypatch, caplog
     assert est[1].restarts == 0 and not est[1].messages
     for e in est:
         assert e.status == "ok" and np.isfinite(e.kernel).all() and e.kernel.sum() == pytest.approx(1, abs=1e-4)
+
+
+def _poison_downscale_loss(monkeypatch, members: list[int], calls: int = 3) -> None:
+    """The DownScaleLoss of ``members`` is NaN in its first ``calls`` calls from now on (those
+    members restart at their first check); call again before each run."""
+    real = losses.downscale_loss
+    count = {"n": 0}
+
+    def poisoned(g_input: torch.Tensor, g_output: torch.Tensor) -> torch.Tensor:
+        loss = real(g_input, g_output)
+        count["n"] += 1
+        if count["n"] <= calls:
+            loss = loss.clone()
+            loss[members] = float("nan")
+        return loss
+
+    monkeypatch.setattr(kernelgan.losses, "downscale_loss", poisoned)
+
+
+def _assert_same_estimates(got: list[kernelgan.KernelEstimate], want: list[kernelgan.KernelEstimate], what: str) -> None:
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        where = f"{what}, member {i}"
+        assert (g.status, g.restarts, g.iterations, g.final_seed, g.messages) == (
+            w.status, w.restarts, w.iterations, w.final_seed, w.messages), where
+        assert np.array_equal(g.raw_kernel, w.raw_kernel) and np.array_equal(g.kernel, w.kernel), where
+        assert g.history.keys() == w.history.keys(), where
+        for key in w.history:
+            assert np.array_equal(g.history[key], w.history[key]), f"{where}, history {key}"
+
+
+@pytest.mark.slow
+def test_windows_and_frozen_slots_give_the_per_step_results(load_photo, monkeypatch):
+    """Random-number windows, the in-place step and frozen slots change the work, not the numbers:
+    bit for bit the per-step, always-compacted reference (``_window=1, _compact_share=0``). Member
+    0 restarts after a NaN at iteration 10, so members 1 and 2 finish 10 iterations before it;
+    windows of 3 and 7 steps straddle the checks (every 10)."""
+    bird = load_photo("set5/bird.png")[:96, :112]
+    man = load_photo("set14/man.png")[:80, :96]
+    mask = np.zeros(bird.shape[:2], bool)
+    mask[:, 40:] = True
+    images, masks, seeds = [bird, man, bird], [None, None, mask], [3, 11, 5]
+    config = _short(30)
+
+    def run(dtype: torch.dtype, config: KernelGANConfig = config, **private) -> list[kernelgan.KernelEstimate]:
+        _poison_downscale_loss(monkeypatch, [0])
+        return estimate_kernels(images, masks, config, seeds, check_every=10, dtype=dtype, **private)
+
+    for dtype in (torch.float64, torch.float32):
+        reference = run(dtype, _window=1, _compact_share=0.0)
+        assert [(e.restarts, e.iterations) for e in reference] == [(1, 40), (0, 30), (0, 30)]
+        variants: dict[str, dict] = {"default": {}}
+        if dtype == torch.float64:  # frozen slots: M = 3 where the reference has 1 (see COMPACT_SHARE)
+            variants["window 3, never rebuilt"] = {"_window": 3, "_compact_share": 1.0}
+        else:  # rebuilt when 2 of 3 slots are frozen: at iteration 30, as the reference
+            variants["window 7, rebuilt at half frozen, cuda_graphs (eager here)"] = {
+                "_window": 7, "_compact_share": 0.5, "config": config.with_(cuda_graphs=True)}
+        for name, private in variants.items():
+            _assert_same_estimates(run(dtype, **private), reference, f"{dtype}, {name}")
+    # float32 with frozen slots: the CPU's grouped convolutions round differently for M = 1 and M = 3
+    # (COMPACT_SHARE), so member 0 only agrees to float32 rounding amplified by 10 GAN steps.
+    frozen = run(torch.float32, _compact_share=1.0)
+    for f, r in zip(frozen, reference):
+        np.testing.assert_allclose(f.kernel, r.kernel, rtol=0, atol=1e-3)
+
+
+def _state_tensors(value: object, path: str = "batch") -> dict[str, torch.Tensor]:
+    """Every tensor reachable from a training object (its attributes, dicts, lists and our own
+    classes' attributes) by attribute path."""
+    if isinstance(value, torch.Tensor):
+        return {path: value}
+    if isinstance(value, dict):
+        items = [(f"{path}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    elif type(value).__module__.startswith("mkgan_engine.train") and hasattr(value, "__dict__"):
+        items = [(f"{path}.{k}", v) for k, v in vars(value).items()]
+    else:
+        return {}
+    out: dict[str, torch.Tensor] = {}
+    for sub, v in items:
+        out.update(_state_tensors(v, sub))
+    return out
+
+
+@pytest.mark.parametrize("kernel_model", ["deep-linear", "gaussian"])
+def test_a_step_rebinds_no_state_tensor(load_photo, kernel_model):
+    """What a CUDA graph of ``train_step`` needs: every state tensor (weights, Adam moments and
+    step counts, schedule, counters, window buffers, outputs) is updated in place, through window
+    refills, a restart and a freeze; only :meth:`_Batch.select` makes new ones."""
+    config = _short(10).with_(kernel_model=kernel_model, g_channels=16, d_channels=16)
+    arr, _ = kernelgan.prepare_image(load_photo("set5/bird.png")[:80, :80])
+    g_map, d_map = sampler.region_crop_maps(arr, None, config.crop_size, 26)
+    images = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].expand(3, -1, -1, -1).contiguous()
+    cdfs = [sampler.build_cdfs([m.prob] * 3, arr.shape[:2]) for m in (g_map, d_map)]
+    batch = kernelgan._Batch(images, *cdfs, [0, 1, 2], config, window=3)
+    before = {path: (id(t), t.data_ptr()) for path, t in _state_tensors(batch).items()}
+    assert {"batch.steps", "batch.g.flat", "batch.d.vectors['u0']", "batch.adam_g.exp_avg[0]", "batch.adam_d.steps",
+            "batch.schedule.bicubic_weight", "batch.schedule.below", "batch.last['loss_g']", "batch.noise",
+            "batch.window_pos", "batch.frozen"} <= set(before)
+    flat0 = batch.g.flat.detach().clone()
+    for _ in range(4):  # the second window is drawn at the fourth step
+        batch.step()
+    batch.restart(1, 1234)
+    batch.freeze(2)
+    for _ in range(2):
+        batch.step()
+    after = {path: (id(t), t.data_ptr()) for path, t in _state_tensors(batch).items()}
+    assert after == before
+    assert batch.steps.tolist() == [6, 2, 6] and batch.adam_g.steps.tolist() == [6, 2, 6]
+    assert not torch.equal(batch.g.flat[0], flat0[0])  # it trained, in place
+    frozen = batch.g.flat.detach()[2].clone()
+    batch.step()
+    assert torch.equal(batch.g.flat.detach()[2], frozen)  # a frozen slot's weights stay
+    batch.select([0, 1])
+    assert batch.members == 2 and batch.g.flat.data_ptr() != before["batch.g.flat"][1]
+
+
+def test_the_step_runner_is_eager_off_cuda():
+    calls = []
+    runner = StepRunner(lambda: calls.append(1), torch.device("cpu"), capture=True)
+    for _ in range(5):
+        runner()
+    assert len(calls) == 5 and not runner.captured and runner.calls == 5
 
 
 @pytest.mark.slow

@@ -100,11 +100,12 @@ def test_sigterm_writes_the_report_and_a_rerun_completes_the_batch(tmp_path):
     args = [sys.executable, "-m", "mkgan_engine.cli", "sr", str(inputs), "--zssr-iters", "60", "--device", "cpu",
             "--masker", "none", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reference = subprocess.run(args + ["-o", str(tmp_path / "ref")], env=env, capture_output=True, text=True)
+    # the reference one image at a time, the interrupted run in packs of two (stopped during the second)
+    reference = subprocess.run(args + ["-o", str(tmp_path / "ref"), "--pack", "1"], env=env, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "out"
-    process = subprocess.Popen(args + ["-o", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(args + ["-o", str(out), "--pack", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "p0_x2.png").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)

@@ -13,7 +13,7 @@ from mkgan_engine.train.config import ENSEMBLE_SIZES, ZSSRConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, blur_downsample, degrade
 from mkgan_engine.train.kernel import analytic_x4
 from mkgan_engine.train.masked_crop import centres_from_uniforms
-from mkgan_engine.train.zssr import align_kernels, run_zssr
+from mkgan_engine.train.zssr import ZSSRJob, align_kernels, run_zssr, run_zssr_many, train_members
 from mkgan_engine.train.zssr_data import (
     build_father_canvas,
     dihedral,
@@ -135,7 +135,7 @@ def test_region_crops_come_from_the_region():
     image = torch.from_numpy(region.astype(np.float32))[None, None].expand(1, 3, h, w)
     config = ZSSRConfig.preset("fast")
     canvas = build_father_canvas(father_levels(image, [region], config), cs, 0.9)
-    assert canvas.rules == ["inside"] and len(canvas.blocks) == 3  # scale jitter levels are used
+    assert canvas.rules == ["inside"] and len(canvas.blocks[0]) == 3  # scale jitter levels are used
     # Admissible centres: the fraction of the crop inside the (canvas) region map.
     half = cs // 2
     ys, xs = np.nonzero(canvas.centres[0])
@@ -146,7 +146,7 @@ def test_region_crops_come_from_the_region():
     u = torch.rand(1, 4000, generator=torch.Generator().manual_seed(0))
     centres = centres_from_uniforms(canvas.cdf, u, canvas.images.shape[-1])[0].numpy()
     assert canvas.centres[0][centres[:, 0], centres[:, 1]].all()
-    level_of = np.searchsorted([b[0] for b in canvas.blocks], centres[:, 1], side="right") - 1
+    level_of = np.searchsorted([b[0] for b in canvas.blocks[0]], centres[:, 1], side="right") - 1
     assert set(level_of.tolist()) == {0, 1, 2}
     # Gathered fathers (with flips/rotations) of the mask image: >= ~90 % region each.
     perms = dihedral_permutations(cs, torch.device("cpu"))
@@ -213,6 +213,54 @@ def test_batched_equals_single(load_photo):
         assert (a.iterations, a.final_lr) == (b.iterations, b.final_lr)
         np.testing.assert_allclose(both.images[i], alone.images[0], rtol=0, atol=2e-4)
     assert not np.allclose(both.images[0], both.images[1], atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [2, 4])
+def test_images_packed_together_equal_each_image_alone(load_photo, scale):
+    """Cross-image packing: the members of two RGB images of different sizes train in one batch (a
+    grey image in a batch of its own) and every member gets exactly what its image's own call gives,
+    also when members stop at different iterations."""
+    bird = load_photo("set5/bird.png")[100:148, 80:136]  # 48x56
+    face = load_photo("set14/face.png")[20:60, 30:94]  # 40x64
+    grey = load_photo("set5/baby.png")[60:100, 60:100].mean(axis=2).astype(np.float32)
+    k1, k2 = anisotropic_gaussian(13, 2.0, 0.8, 0.4, 2), anisotropic_gaussian(13, 1.0, 1.5, 2.0, 2)
+    mask = np.zeros(bird.shape[:2], bool)
+    mask[4:44, 20:56] = True
+    jobs = [ZSSRJob(bird, [k1, k2], [None, mask], [7, 123]), ZSSRJob(face, [k2], None, [5]), ZSSRJob(grey, [k1], None, [3])]
+    config = _tiny(iterations=48, lr_min=5e-5)  # one member stops early (lr below lr_min)
+    packed = run_zssr_many(jobs, scale, config)
+    alone = [run_zssr(j.image, j.kernels, scale, config, masks=j.masks, seeds=j.seeds) for j in jobs]
+    stops = {m.iterations for r in alone for m in r.members}
+    assert len(stops) > 1, "members should stop at different iterations for this test to mean something"
+    for p, a in zip(packed, alone):
+        assert [m.iterations for m in p.members] == [m.iterations for m in a.members]
+        assert [m.final_lr for m in p.members] == [m.final_lr for m in a.members]
+        for x, y in zip(p.images, a.images):
+            assert x.shape == y.shape and np.array_equal(x, y)
+    assert packed[0].iterations == packed[1].iterations  # bird and face trained in one batch
+    assert packed[2].images[0].shape == (scale * 40, scale * 40)
+
+
+@pytest.mark.slow
+def test_finished_members_frozen_in_the_batch_equal_members_that_leave_it(load_photo):
+    """Fixed-size batches (what a captured CUDA graph needs): finished members stay at lr 0 until
+    half the batch is frozen; the weights equal those of the compacting path bit for bit."""
+    lr = load_photo("set5/bird.png")[100:148, 80:136]
+    kernels = align_kernels([anisotropic_gaussian(13, 2.0, 0.8, 0.4, 2), anisotropic_gaussian(13, 1.0, 1.5, 2.0, 2)] * 3)[:5]
+    mask = np.zeros(lr.shape[:2], bool)
+    mask[4:44, 20:56] = True
+    masks = [None, mask, mask, None, mask]
+    config = _tiny(iterations=48, lr_min=5e-5)
+    source = torch.from_numpy(np.ascontiguousarray(lr.transpose(2, 0, 1)))[None].expand(5, -1, -1, -1)
+    runs = [train_members([father_levels(source, masks, config)], kernels, 2, config, [7, 123, 9, 4, 11], 24, freeze_finished=f)
+            for f in (False, True)]
+    (net_a, infos_a, _), (net_b, infos_b, _) = runs
+    stops = [i.iterations for i in infos_a]
+    assert 0 < 2 * stops.count(min(stops)) < len(stops), f"the first to stop should be frozen, not compacted: {stops}"
+    assert [(i.iterations, i.final_lr, i.loss) for i in infos_a] == [(i.iterations, i.final_lr, i.loss) for i in infos_b]
+    for wa, wb in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(wa, wb)
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ KERNEL_MODELS: tuple[str, ...] = get_args(KernelModel)
 class KernelGANConfig:
     """KernelGAN at x2 (x4 kernels are derived analytically from the x2 kernel).
 
-    Sizes are in LR pixels; learning rates are Adam step sizes.
+    Sizes are in LR pixels; learning rates are Adam step sizes. ``cuda_graphs`` (CUDA-graph capture of
+    the training step) is unverified until benchmarks/gpu_check.sh has run on a GPU, hence off.
     """
 
     iterations: int = 3000
@@ -58,6 +59,10 @@ class KernelGANConfig:
     kernel_keep_top: int = 40
     # Stability guard: restarts with a new seed when the kernel collapses or a loss is not finite.
     max_restarts: int = 2
+    # On CUDA, capture one training step in a CUDA graph and replay it (train/graphs.py): the same
+    # numbers as eager steps, fewer launches. Opt-in: unverified until benchmarks/gpu_check.sh has run
+    # tests/test_gpu.py (captured == eager, no host sync per replayed step) on a GPU. Ignored elsewhere.
+    cuda_graphs: bool = False
 
     @classmethod
     def preset(cls, name: Preset) -> "KernelGANConfig":
@@ -101,6 +106,9 @@ class ZSSRConfig:
     ensemble: int = 8  # self-ensemble: the median over 1, 2, 4 or 8 flips/rotations at inference
     back_projection_iterations: int = 2
     amp: bool = True  # bf16/fp16 autocast on CUDA only
+    # On CUDA, capture the training step in a CUDA graph and replay it (train/graphs.py; the same numbers
+    # as eager steps). Opt-in: unverified until benchmarks/gpu_check.sh has run tests/test_gpu.py on a GPU.
+    cuda_graphs: bool = False
     # --- train/zssr.py details (see its module docstring) ---
     batch_size: int = 1  # father crops per member per iteration
     rec_every: int = 10  # reconstruction error (fixed son->father crops) measured this often

@@ -62,7 +62,7 @@ class BatchedDiscriminator:
 
     ``flat``: float32 (M, P) leaf tensor (requires grad) holding every member's trainable parameters
     (views by name through :meth:`param`); ``vectors``: per-member spectral-norm power-iteration
-    vectors u (M, out) per normalised weight, updated in place.
+    vectors u (M, out) per normalised weight, updated in place (``copy_``, never rebound).
     """
 
     def __init__(self, flat: torch.Tensor, vectors: dict[str, torch.Tensor], layout: dict[str, tuple[int, ...]], config: dict[str, float]) -> None:
@@ -117,7 +117,7 @@ class BatchedDiscriminator:
                 v = F.normalize(torch.bmm(u[:, None], mat)[:, 0], dim=1, eps=_EPS)
                 if update:
                     u = F.normalize(torch.bmm(mat, v[:, :, None])[..., 0], dim=1, eps=_EPS)
-                    self.vectors[key] = u
+                    self.vectors[key].copy_(u)  # in place: a captured CUDA graph replays the update
             sigma = (u * torch.bmm(mat, v[:, :, None])[..., 0]).sum(dim=1)
             out[name] = w / sigma.reshape(-1, 1, 1, 1, 1)
         return out

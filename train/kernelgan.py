@@ -9,12 +9,19 @@ Per iteration (all on the images' device, no host synchronisation): draw one 64-
 and one 26-px discriminator crop per member from the region-aware maps (:mod:`sampler`,
 :func:`masked_crop.gather_crops`); one generator step (adversarial L1 + DownScaleLoss + kernel
 regularisers, :mod:`losses`), one discriminator step (real/fake crops with N(0, noise) added to a
-copy), per-member Adam (:class:`members.MemberAdam`) and schedule update (:mod:`schedule`).
+copy), per-member Adam (:class:`members.MemberAdam`) and schedule update (:mod:`schedule`). The
+crop uniforms and the noise of ``DEFAULT_WINDOW`` iterations are drawn in one go (:mod:`rng`
+windows, the same numbers as per-iteration draws), and an iteration changes its state only in
+place, so on CUDA it can be captured once in a CUDA graph and replayed (``config.cuda_graphs``,
+:mod:`graphs`; off by default until measured on a GPU).
 
 Every ``check_every`` iterations (and when a member finishes) the kernels and losses come to the
 host once: the loss history is sampled, and a member whose loss went non-finite or whose kernel
 collapsed (to a delta, to noise, or flat) restarts from scratch with a new seed, up to
-``config.max_restarts`` times. Restarts are logged and recorded in :class:`KernelEstimate`. The
+``config.max_restarts`` times, in its batch slot. A finished member's result is recorded and its
+slot frozen (learning rate 0); the batch is rebuilt without frozen slots once they are
+``COMPACT_SHARE`` of it (by default at once, which keeps float32 results independent of when
+members finish). Restarts are logged and recorded in :class:`KernelEstimate`. The
 kernel's shape is judged only once the member's regularisers (centralisation, sparsity) have been on
 for ``config.bicubic_decay_every`` iterations, and at the end: before that a deep-linear kernel
 routinely has much negative mass - the textbook loop (``benchmarks/reference_loop.py``) shows it
@@ -35,6 +42,7 @@ from . import losses, rng, sampler
 from .config import KernelGANConfig
 from .discriminator import BatchedDiscriminator
 from .generator import create_generator, output_size, receptive_field
+from .graphs import StepRunner
 from .kernel import finalize_kernel, kernel_moments, sf_center
 from .masked_crop import gather_crops
 from .members import MemberAdam, compact
@@ -44,6 +52,14 @@ logger = logging.getLogger(__name__)
 
 SCALE = 2
 DEFAULT_CHECK_EVERY = 50
+DEFAULT_WINDOW = 10  # steps whose random numbers are drawn in one go (_Batch.draw_window)
+# Rebuild the batch without its frozen slots once they are this share of the slots. 0: at every check
+# where a member finished, as if members left at once. Keeping frozen slots (a share > 0) saves
+# rebuilds (and CUDA-graph captures) but changes float32 numbers: the grouped convolutions' CPU
+# kernels round differently for 1-2 members than for 3 or more (float64 is unaffected; measured with
+# tests/test_kernelgan.py::test_windows_and_frozen_slots_give_the_per_step_results), and a KernelGAN
+# batch rebuilds rarely (members finish apart only after restarts), so the default keeps the numbers.
+COMPACT_SHARE = 0.0
 # Collapse detection on the raw kernel (see diagnose_kernel).
 DELTA_PEAK_SHARE = 0.85  # one tap holds this share of sum|k|
 NOISE_NEGATIVE_SHARE = 0.35  # negative taps hold this share of sum|k|
@@ -152,22 +168,40 @@ class _Record:
 
 
 class _Batch:
-    """The training state of the active members, all tensors with a leading member dimension."""
+    """The training state of the batch's member slots, all tensors with a leading member dimension M.
+
+    State changes only in place (``copy_``, ``add_``, in-place Adam and schedule updates; restarts
+    write into a slot), so :meth:`train_step` can be captured in a CUDA graph and replayed
+    (:mod:`graphs`). The random numbers of the next ``window`` steps are drawn at once into buffers
+    (:meth:`draw_window`) that :meth:`train_step` indexes with a device counter. A slot whose member
+    finished is frozen (:meth:`freeze`: it is still stepped, at learning rate 0) until :meth:`select`
+    rebuilds the batch without it; rebuilding rebinds every tensor, so it also makes a new step runner
+    (a new graph on CUDA).
+    """
 
     # Everything that has a member dimension (what :meth:`select` compacts).
     MEMBER_STATE = (
-        "images", "cdf_g", "cdf_d", "seeds", "steps", "nonfinite", "g", "d", "adam_g", "adam_d", "schedule", "last",
+        "images", "cdf_g", "cdf_d", "seeds", "steps", "nonfinite", "frozen", "g", "d", "adam_g", "adam_d", "schedule",
+        "last",
     )
+    # The per-member outputs of the latest step, in the order of the loss history.
+    LAST = ("loss_g", "loss_d", "adversarial", "bicubic")
 
     def __init__(
-        self, images: torch.Tensor, cdf_g: torch.Tensor, cdf_d: torch.Tensor, seeds: Sequence[int], config: KernelGANConfig
+        self, images: torch.Tensor, cdf_g: torch.Tensor, cdf_d: torch.Tensor, seeds: Sequence[int], config: KernelGANConfig,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         device = images.device
+        m = len(seeds)
         self.config = config
+        self.window = window
         self.images, self.cdf_g, self.cdf_d = images, cdf_g, cdf_d
         self.seeds = torch.tensor([s & 0xFFFFFFFF for s in seeds], dtype=torch.int64, device=device)
-        self.steps = torch.zeros(len(seeds), dtype=torch.int64, device=device)
-        self.nonfinite = torch.zeros(len(seeds), dtype=torch.bool, device=device)
+        self.steps = torch.zeros(m, dtype=torch.int64, device=device)  # per member, its own clock
+        self.nonfinite = torch.zeros(m, dtype=torch.bool, device=device)
+        self.frozen = torch.zeros(m, dtype=torch.bool, device=device)  # finished: learning rates 0
         self.g = create_generator(config, seeds, device)
         self.d = BatchedDiscriminator.create(
             seeds, config.d_channels, config.d_kernel_size, config.d_layers - 2, 0.1, device
@@ -178,20 +212,62 @@ class _Batch:
             self.d.vectors = {k: v.to(images.dtype) for k, v in self.d.vectors.items()}
         self.adam_g = MemberAdam([self.g.flat], config.betas)
         self.adam_d = MemberAdam([self.d.flat], config.betas)
-        self.schedule = Schedule(config, len(seeds), device)
+        self.schedule = Schedule(config, m, device)
         self.boundary_mask = losses.boundary_mask(receptive_field(config.g_kernel_sizes)).to(images)
         self.d_crop = output_size(config.crop_size, config.g_kernel_sizes)
-        self.last: dict[str, torch.Tensor] = {}
+        # Static output buffers (M,) in the training dtype, filled in place by every step.
+        self.last: dict[str, torch.Tensor] = {n: torch.zeros(m, dtype=images.dtype, device=device) for n in self.LAST}
+        self._rebuild()
+
+    @property
+    def members(self) -> int:
+        """M, the number of slots (live and frozen)."""
+        return int(self.seeds.shape[0])
+
+    def _rebuild(self) -> None:
+        """(Re)allocate the random-number window for the current M and make the step runner."""
+        m, d, device = self.members, self.d_crop, self.images.device
+        w = self.window
+        self.u_g = torch.zeros((w, m, 1), device=device)  # float32 uniforms of the generator crops
+        self.u_d = torch.zeros((w, m, 1), device=device)  # ... and of the discriminator crops
+        # N(0, d_input_noise_std) noise of the discriminator's real and fake inputs, training dtype.
+        self.noise = torch.zeros((w, m, 2, 1, 3, d, d), dtype=self.images.dtype, device=device)
+        self.window_pos = torch.zeros(1, dtype=torch.int64, device=device)  # next step's row in the window
+        self.window_left = 0  # host count of drawn steps not yet used (0: draw before the next step)
+        self.runner = StepRunner(self.train_step, device, capture=self.config.cuda_graphs)
+
+    @torch.no_grad()
+    def draw_window(self) -> None:
+        """Draw every slot's random numbers for its next ``window`` steps (from its own step counter)
+        into the window buffers, in place, and point the window at its first row. Memory:
+        ``window * M * (2 * 3 * 26 * 26 + 2)`` numbers (16 KB per member and step in float32)."""
+        w, d = self.window, self.d_crop
+        self.u_g.copy_(rng.uniform_window(self.seeds, rng.Stream.CROPS_G, self.steps, w, (1,)))
+        self.u_d.copy_(rng.uniform_window(self.seeds, rng.Stream.CROPS_D, self.steps, w, (1,)))
+        noise = rng.normal_window(self.seeds, rng.Stream.NOISE_D, self.steps, w, (2, 1, 3, d, d))
+        self.noise.copy_(noise.to(self.noise.dtype) * self.config.d_input_noise_std)
+        self.window_pos.zero_()
+        self.window_left = w
 
     def step(self) -> None:
-        """One generator and one discriminator update for every member (no host synchronisation)."""
+        """One iteration of every slot: a new random-number window when the drawn one is used up,
+        then :meth:`train_step` through the step runner (eager, or a replayed CUDA graph)."""
+        if self.window_left == 0:
+            self.draw_window()
+        self.runner()
+        self.window_left -= 1
+
+    def train_step(self) -> None:
+        """One generator and one discriminator update for every slot, reading this step's row of the
+        random-number window. Changes state only in place and never waits for the device (a CUDA
+        graph can record it). Frozen slots train at learning rate 0."""
         c = self.config
         t = self.steps
-        u_g = rng.uniform(self.seeds, rng.Stream.CROPS_G, t, (1,))
-        u_d = rng.uniform(self.seeds, rng.Stream.CROPS_D, t, (1,))
+        row = self.window_pos
+        u_g, u_d = self.u_g.index_select(0, row)[0], self.u_d.index_select(0, row)[0]  # (M, 1)
+        noise = self.noise.index_select(0, row)[0]  # (M, 2, 1, 3, 26, 26)
         g_in = gather_crops(self.images, self.cdf_g, u_g, c.crop_size)[0][:, 0]  # (M, 3, 64, 64)
         real = gather_crops(self.images, self.cdf_d, u_d, self.d_crop)[0]  # (M, 1, 3, 26, 26)
-        noise = rng.normal(self.seeds, rng.Stream.NOISE_D, t, (2, 1, 3, self.d_crop, self.d_crop)).to(real) * c.d_input_noise_std
 
         # Generator step (D's weights are constants here).
         kernel = self.g.kernel()
@@ -209,7 +285,7 @@ class _Batch:
             + w_sparse * losses.sparsity(kernel)
         )
         grads = torch.autograd.grad(loss_g.sum(), [self.g.flat])
-        self.adam_g.step([self.g.flat], grads, self.schedule.learning_rates(t, c.generator_lr))
+        self.adam_g.step([self.g.flat], grads, self._learning_rates(t, c.generator_lr))
 
         # Discriminator step on noisy copies of the real and (detached) fake crops; one pass, with
         # separate BatchNorm statistics for the real and the fake set.
@@ -218,13 +294,20 @@ class _Batch:
         d_out = self.d.forward(pair, d_weights)
         loss_d = losses.discriminator_loss(d_out[:, 0], d_out[:, 1])
         grads = torch.autograd.grad(loss_d.sum(), [self.d.flat])
-        self.adam_d.step([self.d.flat], grads, self.schedule.learning_rates(t, c.lr_d))
+        self.adam_d.step([self.d.flat], grads, self._learning_rates(t, c.lr_d))
 
-        bicubic = bicubic.detach()
-        self.schedule.update(t, bicubic)
-        self.nonfinite |= ~(torch.isfinite(loss_g.detach()) & torch.isfinite(loss_d.detach()))
-        self.steps = t + 1
-        self.last = {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "adversarial": adv.detach(), "bicubic": bicubic}
+        with torch.no_grad():
+            bicubic = bicubic.detach()
+            self.schedule.update(t, bicubic)
+            self.nonfinite |= ~(torch.isfinite(loss_g) & torch.isfinite(loss_d))
+            self.steps.add_(1)
+            self.window_pos.add_(1)
+            for name, value in zip(self.LAST, (loss_g, loss_d, adv, bicubic)):
+                self.last[name].copy_(value)
+
+    def _learning_rates(self, iteration: torch.Tensor, base: float) -> torch.Tensor:
+        """The schedule's per-slot step sizes float32 (M,), 0 for frozen slots."""
+        return torch.where(self.frozen, 0.0, self.schedule.learning_rates(iteration, base))
 
     @torch.no_grad()
     def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,13 +315,14 @@ class _Batch:
         host, in one transfer."""
         k = self.g.kernel()
         m = k.shape[0]
-        cols = [self.last[n] for n in ("loss_g", "loss_d", "adversarial", "bicubic")] + [self.schedule.bicubic_weight]
+        cols = [self.last[n] for n in self.LAST] + [self.schedule.bicubic_weight]
         packed = torch.cat([k.reshape(m, -1).float(), torch.stack(cols, 1).float(), self.nonfinite[:, None].float()], 1).cpu().numpy()
         size = k.shape[-1] ** 2
         return packed[:, :size].reshape(m, k.shape[-1], -1), packed[:, size : size + 5], packed[:, -1] > 0
 
     def restart(self, member: int, seed: int) -> None:
-        """Re-initialise one member from ``seed`` (its image and crop maps are kept)."""
+        """Re-initialise one slot from ``seed`` (its image and crop maps are kept), in place. Its
+        step counter and seed change, so the next step draws a new random-number window."""
         self.g.reinit_member(member, seed)
         self.d.reinit_member(member, seed)
         self.adam_g.reset_member(member)
@@ -247,10 +331,17 @@ class _Batch:
         self.seeds[member] = seed & 0xFFFFFFFF
         self.steps[member] = 0
         self.nonfinite[member] = False
+        self.frozen[member] = False
+        self.window_left = 0
+
+    def freeze(self, member: int) -> None:
+        """Stop updating one slot's weights (learning rates 0): its member finished."""
+        self.frozen[member] = True
 
     def select(self, index: list[int]) -> None:
-        """Keep only the members at positions ``index``."""
+        """Keep only the slots at positions ``index`` (new tensors: a new window and step runner)."""
         compact(self, self.MEMBER_STATE, torch.tensor(index, dtype=torch.int64, device=self.images.device))
+        self._rebuild()
 
 
 def _history_arrays(rows: list[tuple[float, ...]]) -> dict[str, np.ndarray]:
@@ -268,6 +359,9 @@ def estimate_kernels(
     check_every: int = DEFAULT_CHECK_EVERY,
     dtype: torch.dtype = torch.float32,
     start_kernels: Sequence[np.ndarray] | None = None,
+    *,
+    _window: int = DEFAULT_WINDOW,
+    _compact_share: float = COMPACT_SHARE,
 ) -> list[KernelEstimate]:
     """Estimate one x2 kernel per member, training all members together.
 
@@ -278,7 +372,10 @@ def estimate_kernels(
     check_every: iterations between host-side checks (stability guard, loss-history samples);
     dtype: training precision (float32; float64 for exact comparisons on the CPU); start_kernels:
     per member a 13x13 kernel the ``gaussian`` kernel model starts from (its second moments; the
-    ``hybrid`` estimator passes KENet's kernels), else a random start.
+    ``hybrid`` estimator passes KENet's kernels), else a random start. ``_window`` (steps of random
+    numbers drawn at once) and ``_compact_share`` (share of frozen slots that triggers a rebuild; 0:
+    at every check where a member finished) change the work, not the numbers: ``_window=1,
+    _compact_share=0`` is the per-step, always-compacted reference the tests compare with.
     Raises ValueError for an image smaller than the crop (64 px) or an empty region.
     """
     t0 = time.perf_counter()
@@ -331,6 +428,7 @@ def estimate_kernels(
         sampler.build_cdfs(maps_d, shape, device),
         [r.seed for r in records],
         config,
+        window=_window,
     )
     if start_kernels is not None:
         if config.kernel_model != "gaussian" or len(start_kernels) != n:
@@ -339,14 +437,17 @@ def estimate_kernels(
             records[i].start_kernel = np.asarray(kernel, np.float32)
             batch.g.start_member_from(i, records[i].start_kernel)
     results: dict[int, KernelEstimate] = {}
-    active = list(records)
-    while active:
+    slots: list[_Record | None] = list(records)  # the member at each batch position; None: frozen
+    live = list(records)
+    while live:
         batch.step()
-        for r in active:
+        for r in live:
             r.step += 1
             r.total_iterations += 1
-        if any(r.step % check_every == 0 or r.step >= config.iterations for r in active):
-            active = _check(batch, active, results, config, check_every, t0)
+        if any(r.step % check_every == 0 or r.step >= config.iterations for r in live):
+            _check(batch, slots, results, config, check_every, t0)
+            slots = _compact(batch, slots, _compact_share)
+            live = [r for r in slots if r is not None]
     elapsed = time.perf_counter() - t0
     out = [results[i] for i in range(n)]
     for est in out:
@@ -354,19 +455,30 @@ def estimate_kernels(
     return out
 
 
+def _compact(batch: _Batch, slots: list[_Record | None], share: float) -> list[_Record | None]:
+    """Rebuild ``batch`` with its live slots only once at least ``share`` of the slots (and at least
+    one) are frozen and some are live; returns the slots of the batch as it is then."""
+    keep = [pos for pos, r in enumerate(slots) if r is not None]
+    frozen = len(slots) - len(keep)
+    if frozen == 0 or not keep or frozen < share * len(slots):
+        return slots
+    batch.select(keep)
+    return [slots[pos] for pos in keep]
+
+
 def _check(
-    batch: _Batch, active: list[_Record], results: dict[int, KernelEstimate], config: KernelGANConfig,
+    batch: _Batch, slots: list[_Record | None], results: dict[int, KernelEstimate], config: KernelGANConfig,
     check_every: int, t0: float,
-) -> list[_Record]:
-    """Host-side check of every active member: sample the history, restart or finish members.
-    Returns the members still training (and compacts ``batch`` to them)."""
+) -> None:
+    """Host-side check of every live slot: sample the history, restart or finish members. A finished
+    member's result is recorded and its slot frozen (``slots[pos] = None``)."""
     kernels, last, nonfinite = batch.snapshot()
-    keep: list[int] = []
-    for pos, r in enumerate(active):
+    for pos, r in enumerate(slots):
+        if r is None:
+            continue
         finished = r.step >= config.iterations
         if not (finished or r.step % check_every == 0):
-            keep.append(pos)  # decisions only at the member's own check points (batched == alone)
-            continue
+            continue  # decisions only at the member's own check points (batched == alone)
         r.history.append((float(r.restarts), float(r.step), *map(float, last[pos])))
         raw = kernels[pos]
         reason = "non-finite loss" if nonfinite[pos] else None
@@ -389,7 +501,6 @@ def _check(
             batch.restart(pos, new_seed)
             if r.start_kernel is not None:
                 batch.g.start_member_from(pos, r.start_kernel)
-            keep.append(pos)
             continue
         failed = reason is not None and reason.startswith("non-finite")
         if reason is not None and not failed and not finished and not r.collapse_reported:
@@ -413,12 +524,8 @@ def _check(
                 restarts=r.restarts, iterations=r.total_iterations, status=status, messages=r.messages,
                 history=_history_arrays(r.history), elapsed_s=time.perf_counter() - t0,
             )
-        else:
-            keep.append(pos)
-    if len(keep) < len(active):
-        if keep:
-            batch.select(keep)
-    return [active[p] for p in keep]
+            slots[pos] = None
+            batch.freeze(pos)
 
 
 def estimate_kernel(

@@ -41,10 +41,10 @@ def compact(obj: Any, names: Iterable[str], index: torch.Tensor) -> None:
         setattr(obj, name, take(getattr(obj, name), index))
 
 
-def _per_member(x: torch.Tensor | float, dim: int) -> torch.Tensor | float:
+def _per_member(x: torch.Tensor, dim: int) -> torch.Tensor:
     """A per-member (M,) tensor shaped to broadcast against a (M, ...) tensor of ``dim`` dims; a
-    Python float (the same for every member) unchanged."""
-    return x.reshape((-1,) + (1,) * (dim - 1)) if isinstance(x, torch.Tensor) else x
+    0-dim tensor (the same for every member) unchanged."""
+    return x.reshape((-1,) + (1,) * (dim - 1)) if x.dim() else x
 
 
 class MemberAdam:
@@ -58,11 +58,15 @@ class MemberAdam:
       bias corrections are float32 tensors (M,) computed on the device, so a member can restart
       (:meth:`reset_member`) while the others go on.
     * ``shared_steps=True`` (ZSSR): all members start together and only ever leave the batch, so one
-      host count ``steps`` (int) serves all; bias corrections are Python floats (double precision).
+      count ``steps`` (int64 0-dim tensor on the device) serves all; bias corrections are computed in
+      float64 on the device and rounded to the learning rate's dtype - the numbers a Python double
+      would give.
 
-    Both forms are free of host synchronisation, and the update itself is the same float operations
-    in the same order; they differ in the rounding of the bias corrections (float32 pow vs double),
-    which is why each trainer keeps the form its reference outputs were made with.
+    Both forms are free of host synchronisation and update their state in place (a captured CUDA
+    graph replays them) with one multi-tensor (``torch._foreach_*``) kernel per operation for all
+    parameter tensors, and the update itself is the same float operations in the same order; they
+    differ in the rounding of the bias corrections (float32 pow vs double), which is why each trainer
+    keeps the form its reference outputs were made with.
     """
 
     def __init__(
@@ -76,27 +80,24 @@ class MemberAdam:
         self.eps = eps
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        self.steps: torch.Tensor | int = (
-            0 if shared_steps else torch.zeros(params[0].shape[0], dtype=torch.int64, device=params[0].device)
-        )
+        shape = () if shared_steps else (params[0].shape[0],)
+        self.steps = torch.zeros(shape, dtype=torch.int64, device=params[0].device)
 
     @property
     def shared_steps(self) -> bool:
-        return not isinstance(self.steps, torch.Tensor)
+        return self.steps.dim() == 0
 
-    def _bias_corrections(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-        """Advance the step counts; (1 - beta1**t, sqrt(1 - beta2**t)) per member (float32 (M,)) or
-        shared (Python floats)."""
+    def _bias_corrections(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance the step counts (in place); (1 - beta1**t, sqrt(1 - beta2**t)) per member, float32
+        (M,), or shared, 0-dim ``dtype``."""
         b1, b2 = self.betas
         self.steps += 1
-        if isinstance(self.steps, torch.Tensor):
-            t = self.steps.to(torch.float32)
-            # A Python-number base is rounded to float32 like a float32 tensor would be (same
-            # results), but made on the device: torch.tensor(b, device=...) is a blocking copy.
-            bc1 = 1.0 - torch.pow(b1, t)
-            bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2, t))
-            return bc1, bc2_sqrt
-        return 1.0 - b1**self.steps, (1.0 - b2**self.steps) ** 0.5
+        # A Python-number base is made on the device (torch.tensor(b, device=...) is a blocking copy).
+        if self.shared_steps:
+            t = self.steps.to(torch.float64)
+            return (1.0 - torch.pow(b1, t)).to(dtype), torch.sqrt(1.0 - torch.pow(b2, t)).to(dtype)
+        t = self.steps.to(torch.float32)
+        return 1.0 - torch.pow(b1, t), torch.sqrt(1.0 - torch.pow(b2, t))
 
     @torch.no_grad()
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
@@ -104,14 +105,23 @@ class MemberAdam:
         :func:`take` after a compaction) with ``grads``; lr: float32 (M,) step size per member (0
         freezes a member's weights)."""
         b1, b2 = self.betas
-        bc1, bc2_sqrt = self._bias_corrections()
+        bc1, bc2_sqrt = self._bias_corrections(lr.dtype)
         scale = lr / bc1
-        for p, g, m, v in zip(params, grads, self.exp_avg, self.exp_avg_sq):
-            g = g.to(m.dtype)
-            m.mul_(b1).add_(g, alpha=1.0 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-            denom = (v.sqrt() / _per_member(bc2_sqrt, p.dim())).add_(self.eps)
-            p.sub_(_per_member(scale, p.dim()) * m / denom)
+        params, m, v = list(params), self.exp_avg, self.exp_avg_sq
+        grads = [g.to(mi.dtype) for g, mi in zip(grads, m)]
+        # One multi-tensor (foreach) kernel per operation for all parameter tensors; the same float
+        # operations, in the same order, as the per-tensor update
+        # m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= (lr / bc1) m / (sqrt(v) / bc2_sqrt + eps).
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=1.0 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, [_per_member(bc2_sqrt, p.dim()) for p in params])
+        torch._foreach_add_(denom, self.eps)
+        update = torch._foreach_mul(m, [_per_member(scale, p.dim()) for p in params])
+        torch._foreach_div_(update, denom)
+        torch._foreach_sub_(params, update)
 
     def select(self, index: torch.Tensor) -> MemberAdam:
         """The state of the members ``index`` (int64 (M',)) only; step them with the parameters'
@@ -119,7 +129,7 @@ class MemberAdam:
         out = MemberAdam.__new__(MemberAdam)
         out.betas, out.eps = self.betas, self.eps
         out.exp_avg, out.exp_avg_sq = take(self.exp_avg, index), take(self.exp_avg_sq, index)
-        out.steps = self.steps if self.shared_steps else take(self.steps, index)
+        out.steps = self.steps.clone() if self.shared_steps else take(self.steps, index)
         return out
 
     @torch.no_grad()
@@ -130,4 +140,4 @@ class MemberAdam:
         for m, v in zip(self.exp_avg, self.exp_avg_sq):
             m[member] = 0
             v[member] = 0
-        self.steps[member] = 0  # type: ignore[index]
+        self.steps[member] = 0

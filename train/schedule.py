@@ -10,7 +10,8 @@ Rules (iteration counts are per member, so members that restarted keep their own
   switch on with weights ``centralized_weight`` and ``sparse_weight``;
 * learning rate: ``lr * lr_decay_factor ** (iteration // lr_decay_every)``.
 
-Everything is evaluated with tensor ops (no host synchronisation per step).
+Everything is evaluated with tensor ops (no host synchronisation per step), and :meth:`Schedule.update`
+changes the state tensors in place (never rebinds them), so a captured CUDA graph can replay it.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class Schedule:
         c = self.config
         done = iteration + 1
         under = bicubic_loss < c.bicubic_threshold
-        self.below = torch.where(under, self.below + 1, torch.zeros_like(self.below))
-        self.triggered = self.triggered | (self.below >= c.bicubic_patience)
+        # In place (a captured CUDA graph replays this update on the same tensors).
+        self.below.copy_(torch.where(under, self.below + 1, 0))
+        self.triggered |= self.below >= c.bicubic_patience
         decay = self.triggered & (done % c.bicubic_decay_every == 0)
         decayed = (self.bicubic_weight / c.bicubic_decay).clamp_min(c.bicubic_floor)
-        self.bicubic_weight = torch.where(decay, decayed, self.bicubic_weight)
+        self.bicubic_weight.copy_(torch.where(decay, decayed, self.bicubic_weight))
 
     def select(self, index: torch.Tensor) -> "Schedule":
         """Keep only the members at ``index``."""

@@ -4,7 +4,9 @@ A *member* is one (kernel, region mask, seed) triple - in Multi-KernelGAN one im
 its own KernelGAN kernel. ``M`` members train together along a leading member dimension (grouped
 convolutions, :mod:`zssr_net`), each with its own weights, Adam state, learning-rate policy and
 stopping point; one member is a batch of one, and a member trained in a batch gets the same result
-as alone with the same seed (all randomness is counter-based per member, :mod:`rng`).
+as alone with the same seed (all randomness is counter-based per member, :mod:`rng`). Members may
+come from different images (:func:`run_zssr_many`, the engine's ``--pack``): their father canvases
+are stacked, padded, into one batch, and each member still gets its own image's result.
 
 This module trains the members and runs them; :mod:`zssr_data` makes the father/son pairs,
 :mod:`zssr_net` holds the batched network and autocast, :mod:`members` the per-member Adam and the
@@ -36,8 +38,12 @@ Training (one *step* of scale ``s`` with kernel ``k``; our own implementation of
   last window; unless the slope is clearly negative (``-slope > config.lr_slope_ratio * SE(slope)``,
   SE = standard error of the fitted slope, from the residual scatter of the errors - the test ZSSR
   makes), lr /= ``config.lr_decay``. A member stops when ``lr < config.lr_min`` (not before
-  ``config.min_iterations``) or at ``config.iterations``; finished members leave the batch (frozen,
-  no more updates), the others continue.
+  ``config.min_iterations``) or at ``config.iterations``; finished members leave the batch (on
+  CUDA they first stay in it at lr 0 until half the batch is done, so the batch keeps its size), the
+  others continue.
+* Per step no Python number reaches the device: the RNG counter and Adam's step count are device
+  tensors updated in place, the random numbers of ``RNG_WINDOW`` steps are drawn in one call, and
+  the host only looks at the batch at the learning-rate checks.
 
 Inference (per member, :mod:`zssr_inference`): the net on the bicubic-upsampled LR image with a
 geometric self-ensemble (per-pixel median over ``config.ensemble`` flips/rotations), then
@@ -80,26 +86,31 @@ import torch
 
 from . import rng
 from .config import ZSSRConfig
+from .graphs import StepRunner
 from .degradation import upsample_to
 from .kernel import analytic_x4
 from .masked_crop import gather_crops
 from .members import MemberAdam, compact, take
 from .merge import default_radius
 from .zssr_data import (
+    Level,
     build_father_canvas,
     dihedral_permutations,
+    father_draws,
     father_levels,
+    fathers_from_draws,
     make_sons,
-    sample_fathers,
+    stack_canvases,
 )
-from .zssr_inference import Box, back_project, plan_tiles, upscale_tiles, upscale_window
+from .zssr_inference import Box, TilePlan, back_project, plan_tiles, upscale_tiles, upscale_window
 from .zssr_net import MemberConvNet, autocast_context
 
 Progress = Callable[[str, int, int], None]  # ("train", iterations done, of this step) or ("tiles", done, in all)
 
-# Stream used once per member to draw the fixed reconstruction-error crops.
 # Step counters of different stages of a gradual run never collide.
 _STAGE_STRIDE = 1 << 24
+# Random numbers (crop positions, flips, son noise) are drawn for this many steps in one call.
+RNG_WINDOW = 16
 
 
 def align_kernels(kernels: Sequence[np.ndarray]) -> torch.Tensor:
@@ -147,7 +158,7 @@ def _slope_and_se(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def train_members(
-    levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
+    sources: Sequence[Sequence[Level]],
     kernels: torch.Tensor,
     scale: int,
     config: ZSSRConfig,
@@ -155,21 +166,31 @@ def train_members(
     crop_size: int,
     stage: int = 0,
     init: MemberConvNet | None = None,
-    progress: Progress | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    freeze_finished: bool | None = None,
 ) -> tuple[MemberConvNet, list[StageInfo], int]:
-    """Train M members on fathers from ``levels`` (see :func:`build_father_canvas`; the first level
-    is the image being upscaled) with kernels (M, K, K) at ``scale``. Returns the trained net (all
-    members), per-member info and the number of batched iterations run. ``progress(done, total)``
-    is called at each learning-rate check (no extra host synchronisation)."""
-    device = levels[0][0].device
+    """Train M members with kernels (M, K, K) at ``scale`` on fathers from ``sources``: one list of
+    levels per image (see :func:`build_father_canvas`; the first level is the image being upscaled,
+    its tensors hold that image's members), members in order. Returns the trained net (all members),
+    per-member info and the number of batched iterations run. ``progress(done, total)`` is called at
+    each learning-rate check (no extra host synchronisation).
+
+    The batch state is updated in place with a device step counter (no Python number enters a
+    step). A member that finishes has its weights copied out; with ``freeze_finished`` it stays in
+    the batch at learning rate 0 until half the batch is frozen (fewer rebuilds of a fixed-size
+    batch, what a captured CUDA graph needs), else it leaves at once. Default: freeze on CUDA only
+    (on the CPU a frozen member would still cost its share of the compute). Results are the same.
+    """
+    device = sources[0][0][0].device
     m = len(seeds)
-    canvas = build_father_canvas(levels, crop_size, config.region_min_inside, config.region_share)
     cs = crop_size
+    canvas = stack_canvases([build_father_canvas(lv, cs, config.region_min_inside, config.region_share) for lv in sources])
     kernels = kernels.to(device)
     seeds_all = torch.as_tensor(list(seeds), dtype=torch.int64, device=device)
     perms = dihedral_permutations(cs, device)
     autocast, loss_scale = autocast_context(device, config)
     step0 = stage * _STAGE_STRIDE
+    freeze = device.type == "cuda" if freeze_finished is None else freeze_finished
 
     if init is None:
         net = MemberConvNet.initialise(
@@ -185,7 +206,7 @@ def train_members(
     lr_t = torch.full((m,), config.lr, device=device)
 
     # Fixed reconstruction-error crops: drawn once per member from its first-level region.
-    rec_canvas = build_father_canvas(levels[:1], crop_size, config.region_min_inside)
+    rec_canvas = stack_canvases([build_father_canvas(lv[:1], cs, config.region_min_inside) for lv in sources])
     n_rec = max(1, config.rec_crops)
     u = rng.uniform(seeds_all, rng.Stream.ZSSR_REC, step0, (n_rec,))
     rec_fathers, _ = gather_crops(rec_canvas.images, rec_canvas.cdf, u, cs)
@@ -193,7 +214,7 @@ def train_members(
     shave = min(config.depth, cs // 4)
     del rec_canvas
 
-    ids = list(range(m))  # global member ids of the current batch
+    slots: list[int | None] = list(range(m))  # global member id at each batch position; None: frozen
     seeds_t = seeds_all
     lrs = [config.lr] * m
     last_change = [0] * m
@@ -206,16 +227,25 @@ def train_members(
     checks = {config.min_iterations, config.iterations}
     noise_std = float(config.noise_std)
     c = canvas.images.shape[1]
+    noise_shape = (config.batch_size * c, math.ceil(cs / scale), math.ceil(cs / scale))
+    key = torch.full((), step0, dtype=torch.int64, device=device)  # the last step's RNG counter: step0 + t
 
-    t = 0
-    for t in range(1, config.iterations + 1):
-        key = step0 + t
-        fathers, _ = sample_fathers(canvas, seeds_t, key, config.batch_size, perms)
-        noise = None
+    def draw_window() -> list[torch.Tensor]:
+        """The random numbers of the next ``RNG_WINDOW`` steps, (W, M, ...) each: crop positions,
+        flips/rotations and (with ``noise_std``) the sons' noise."""
+        draws = list(father_draws(seeds_t, key + 1, RNG_WINDOW, config.batch_size))
         if noise_std > 0:
-            shape = (config.batch_size * c, math.ceil(cs / scale), math.ceil(cs / scale))
-            noise = noise_std * rng.normal(seeds_t, rng.Stream.ZSSR_NOISE, key, shape)
-        sons = make_sons(fathers, kernels, scale, noise)
+            draws.append(noise_std * rng.normal_window(seeds_t, rng.Stream.ZSSR_NOISE, key + 1, RNG_WINDOW, noise_shape))
+        return draws
+
+    def train_step() -> None:
+        """One iteration of every member, in place on the batch state (graph-capturable: the window
+        position comes from the device counter ``key``)."""
+        key.add_(1)
+        at = (key - step0 - 1).remainder(RNG_WINDOW).reshape(1)
+        now = [d.index_select(0, at)[0] for d in draws]
+        fathers, _ = fathers_from_draws(canvas, now[0], now[1], perms)
+        sons = make_sons(fathers, kernels, scale, now[2] if noise_std > 0 else None)
         with autocast:
             out = net(sons)
         loss_m = (out.float() - fathers).abs().mean(dim=(1, 2, 3, 4))
@@ -223,7 +253,16 @@ def train_members(
         if loss_scale != 1.0:
             grads = [torch.nan_to_num(g.float() / loss_scale, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
         opt.step(net.parameters(), grads, lr_t)
-        loss_hist[:, t % loss_hist.shape[1]] = loss_m.detach()
+        loss_hist.index_copy_(1, (key - step0).remainder(loss_hist.shape[1]).reshape(1), loss_m.detach()[:, None])
+
+    draws = draw_window()
+    runner = StepRunner(train_step, device, capture=config.cuda_graphs)
+    t = 0
+    for t in range(1, config.iterations + 1):
+        if t > 1 and (t - 1) % RNG_WINDOW == 0:
+            for buffer, fresh in zip(draws, draw_window()):
+                buffer.copy_(fresh)  # in place: a captured step reads these buffers
+        runner()
 
         if t % config.rec_every == 0:
             with torch.no_grad(), autocast:
@@ -240,9 +279,8 @@ def train_members(
             progress(t, config.iterations)
         rec_host = rec_buf[:, : len(rec_iters)].cpu().numpy()
         iters = np.asarray(rec_iters)
-        for i in range(len(ids)):
-            g = ids[i]
-            if policy and t - last_change[g] >= window:
+        for i, g in enumerate(slots):
+            if g is not None and policy and t - last_change[g] >= window:
                 sel = (iters > t - window) & (iters > last_change[g])
                 if sel.sum() >= 3:
                     slope, se = _slope_and_se(iters[sel], rec_host[i, sel])
@@ -250,30 +288,34 @@ def train_members(
                         lrs[g] /= config.lr_decay
                         last_change[g] = t
         done = [
-            i
-            for i, g in enumerate(ids)
-            if t >= config.iterations or (lrs[g] < config.lr_min and t >= config.min_iterations)
+            i for i, g in enumerate(slots)
+            if g is not None and (t >= config.iterations or (lrs[g] < config.lr_min and t >= config.min_iterations))
         ]
         if done:
             loss_host = loss_hist.mean(1).cpu().numpy()
             idx = torch.as_tensor(done, device=device)
-            gidx = torch.as_tensor([ids[i] for i in done], device=device)
+            gidx = torch.as_tensor([slots[i] for i in done], device=device)
             for fw, w in zip(final.parameters(), net.parameters()):
                 fw.index_copy_(0, gidx, w.detach().index_select(0, idx))
             for i in done:
+                g = slots[i]
                 rec_last = float(rec_host[i, -1]) if rec_host.shape[1] else float("nan")
-                infos[ids[i]] = StageInfo(t, lrs[ids[i]], float(loss_host[i]), rec_last, canvas.rules[ids[i]])
-            keep = [i for i in range(len(ids)) if i not in set(done)]
+                infos[g] = StageInfo(t, lrs[g], float(loss_host[i]), rec_last, canvas.rules[g])
+                slots[i] = None
+            keep = [i for i, g in enumerate(slots) if g is not None]
             if not keep:
                 break
-            kidx = torch.as_tensor(keep, device=device)
-            ids = [ids[i] for i in keep]
-            net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist = take(
-                (net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist), kidx
-            )
-            net.requires_grad_(True)
-            compact(canvas, ("images", "cdf"), kidx)
-        lr_t = torch.tensor([lrs[g] for g in ids], device=device, dtype=torch.float32)
+            if not freeze or 2 * len(keep) <= len(slots):
+                kidx = torch.as_tensor(keep, device=device)
+                slots = [slots[i] for i in keep]
+                net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist, lr_t = take(
+                    (net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist, lr_t), kidx
+                )
+                draws = [d.index_select(1, kidx) for d in draws]
+                runner = StepRunner(train_step, device, capture=config.cuda_graphs)  # new tensors: capture again
+                net.requires_grad_(True)
+                compact(canvas, ("images", "cdf"), kidx)
+        lr_t.copy_(torch.tensor([0.0 if g is None else lrs[g] for g in slots], dtype=torch.float32))
     for g in range(m):  # only when no iteration ran (iterations == 0)
         if infos[g] is None:
             infos[g] = StageInfo(t, lrs[g], float("nan"), float("nan"), canvas.rules[g])
@@ -362,7 +404,91 @@ def train_on_image(
     nets then run with :func:`zssr_inference.upscale_window` on any window of lr."""
     source = lr.expand(len(seeds), -1, -1, -1)
     crop = _crop_size(config, tuple(lr.shape[-2:]), scale)
-    return train_members(father_levels(source, masks, config), kernels, scale, config, seeds, crop, progress=progress)
+    return train_members([father_levels(source, masks, config)], kernels, scale, config, seeds, crop, progress=progress)
+
+
+@dataclass(frozen=True)
+class ZSSRJob:
+    """One image and its members for :func:`run_zssr_many`: image float32 HxW or HxWxC in [0, 1];
+    kernels, masks (bool HxW LR regions, None = the whole image) and seeds: one per member (default
+    masks: None; default seeds: 0..M-1)."""
+
+    image: np.ndarray
+    kernels: Sequence[np.ndarray]
+    masks: Sequence[np.ndarray | None] | None = None
+    seeds: Sequence[int] | None = None
+
+
+@dataclass
+class _Image:
+    """A job made ready on the device: lr (1, C, h, w) (colour channels), alpha float32 (h, w, 1) or
+    None, grey2d (the input was HxW), the given kernels (float32 arrays), masks and seeds per member,
+    k_step / k_given / k4 aligned (M, K, K) (the step-1 kernels, the given ones, gradual x4's whole
+    degradation), and the tile plan."""
+
+    lr: torch.Tensor
+    alpha: np.ndarray | None
+    grey2d: bool
+    kernels: list[np.ndarray]
+    masks: list[np.ndarray | None]
+    seeds: list[int]
+    k_step: torch.Tensor
+    k_given: torch.Tensor
+    k4: torch.Tensor | None
+    plan: TilePlan
+
+    @property
+    def members(self) -> int:
+        return len(self.kernels)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.lr.shape[-2]), int(self.lr.shape[-1])
+
+
+def _prepare(job: ZSSRJob, scale: int, config: ZSSRConfig, device: torch.device, step_kernel: Callable[[np.ndarray], np.ndarray],
+             gradual: bool) -> _Image:
+    """Check one job and move it to the device (grey -> one channel, RGBA -> RGB + alpha)."""
+    img = np.asarray(job.image, np.float32)
+    grey2d = img.ndim == 2
+    if grey2d:
+        img = img[..., None]
+    if img.ndim != 3:
+        raise ValueError(f"image must be HxW or HxWxC, got {np.shape(job.image)}")
+    alpha = None
+    if img.shape[2] == 4:
+        alpha, img = img[..., 3:], img[..., :3]
+    h, w = img.shape[:2]
+    m = len(job.kernels)
+    if m == 0:
+        raise ValueError("no kernels given")
+    masks = [None] * m if job.masks is None else list(job.masks)
+    seeds = list(range(m)) if job.seeds is None else [int(s) for s in job.seeds]
+    if len(masks) != m or len(seeds) != m:
+        raise ValueError("kernels, masks and seeds must have one entry per member")
+    for mk in masks:
+        if mk is not None and np.asarray(mk).shape != (h, w):
+            raise ValueError(f"mask shape {np.asarray(mk).shape} != image shape {(h, w)}")
+    kernels = [np.asarray(k, np.float32) for k in job.kernels]
+    k_given = align_kernels(kernels)
+    k_step = align_kernels([step_kernel(k) for k in kernels])
+    k4 = align_kernels([analytic_x4(k) for k in kernels]).to(device) if gradual else None
+    margin = max(config.inference_margin, math.ceil(default_radius((h * scale, w * scale), scale) / scale) + 1)
+    plan = plan_tiles(masks, (h, w), scale, margin, config, k_step.shape[-1], None if k4 is None else k4.shape[-1], img.shape[2])
+    lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(device)[None]
+    return _Image(lr, alpha, grey2d, kernels, masks, seeds, k_step, k_given, k4, plan)
+
+
+def _to_array(out: torch.Tensor, image: _Image) -> np.ndarray:
+    """One member's SR (1, C, sH, sW) -> float32 (sH, sW[, C]) in the job's channel layout (alpha
+    upscaled bicubically and clipped, grey back to HxW)."""
+    arr = out[0].float().cpu().numpy().transpose(1, 2, 0)
+    if image.alpha is not None:
+        a = upsample_to(torch.from_numpy(np.ascontiguousarray(image.alpha.transpose(2, 0, 1)))[None], arr.shape[:2])
+        arr = np.concatenate([arr, a[0].numpy().transpose(1, 2, 0).clip(0, 1)], axis=2)
+    if image.grey2d:
+        arr = arr[..., 0]
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def run_zssr(
@@ -385,100 +511,116 @@ def run_zssr(
     ("train", iterations done, of the current step's) at each learning-rate check, ("tiles", done,
     in all) after each inference tile. Returns a :class:`ZSSRResult`.
     """
+    return run_zssr_many([ZSSRJob(image, kernels, masks, seeds)], scale, config, device, kernel_scale, progress)[0]
+
+
+def run_zssr_many(
+    jobs: Sequence[ZSSRJob],
+    scale: int,
+    config: ZSSRConfig | None = None,
+    device: str | torch.device = "cpu",
+    kernel_scale: int | None = None,
+    progress: Progress | None = None,
+) -> list[ZSSRResult]:
+    """Super-resolve several images, each once per member, with the members of all images training
+    together (:func:`run_zssr` is one job; see it for the arguments).
+
+    Images with the same channel count and crop sizes form one member batch: their father canvases
+    are stacked (:func:`zssr_data.stack_canvases`), every member keeps its own crops, kernel, seed,
+    learning-rate policy and stopping point, so it gets what its image's own :func:`run_zssr` call
+    gives it (kernels of one size, as the engine's are). Returns one :class:`ZSSRResult` per job,
+    in order; its iterations and seconds are those of the batch the image trained in. Progress:
+    "train" per batch and step, "tiles" over all jobs.
+    """
     config = config or ZSSRConfig.preset("fast")
     device = torch.device(device)
-    t_start = time.perf_counter()
-    img = np.asarray(image, np.float32)
-    grey2d = img.ndim == 2
-    if grey2d:
-        img = img[..., None]
-    if img.ndim != 3:
-        raise ValueError(f"image must be HxW or HxWxC, got {image.shape}")
-    alpha = None
-    if img.shape[2] == 4:
-        alpha, img = img[..., 3:], img[..., :3]
-    h, w = img.shape[:2]
-    m = len(kernels)
-    if m == 0:
-        raise ValueError("no kernels given")
-    masks = [None] * m if masks is None else list(masks)
-    seeds = list(range(m)) if seeds is None else [int(s) for s in seeds]
-    if len(masks) != m or len(seeds) != m:
-        raise ValueError("kernels, masks and seeds must have one entry per member")
+    if not jobs:
+        return []
     if kernel_scale is None:
         kernel_scale = 2 if scale == 4 else scale
     if kernel_scale not in (scale, 2) or (kernel_scale == 2 and scale not in (2, 4)):
         raise ValueError(f"kernel_scale {kernel_scale} does not fit scale {scale}")
     gradual = scale == 4 and kernel_scale == 2 and config.gradual_x4
-    k_given = align_kernels(kernels)
-    if scale == 4 and kernel_scale == 2 and not gradual:
-        k_step = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels])
-    else:
-        k_step = k_given
-    for mk in masks:
-        if mk is not None and np.asarray(mk).shape != (h, w):
-            raise ValueError(f"mask shape {np.asarray(mk).shape} != image shape {(h, w)}")
 
-    lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).to(device)[None]  # (1, C, h, w)
-    margin = max(config.inference_margin, math.ceil(default_radius((h * scale, w * scale), scale) / scale) + 1)
+    def step_kernel(k: np.ndarray) -> np.ndarray:
+        return analytic_x4(k) if scale == 4 and kernel_scale == 2 and not gradual else k
+
     step_scale = 2 if gradual else scale
-    k4 = align_kernels([analytic_x4(np.asarray(k, np.float32)) for k in kernels]).to(device) if gradual else None
-    plan = plan_tiles(masks, (h, w), scale, margin, config, k_step.shape[-1], None if k4 is None else k4.shape[-1], img.shape[2])
+    images = [_prepare(job, scale, config, device, step_kernel, gradual) for job in jobs]
+    batches: dict[tuple[int, int, int], list[int]] = {}
+    for j, im in enumerate(images):
+        h, w = im.shape
+        crop2 = _crop_size(config, (2 * h, 2 * w), 2) if gradual else 0
+        batches.setdefault((im.lr.shape[1], _crop_size(config, im.shape, step_scale), crop2), []).append(j)
+    total_tiles = sum(im.plan.count for im in images)
     tiles_done = 0
-
-    def tile_progress(done: int, _total: int) -> None:
-        if progress is not None:
-            progress("tiles", tiles_done + done, plan.count)
-
-    def infer(step: int, i: int, out_scale: int, window_sr: Callable[[Box], torch.Tensor]) -> torch.Tensor:
-        """Member i's SR at ``out_scale`` over its tiles of this step, bicubic elsewhere, clipped."""
-        nonlocal tiles_done
-        base = upsample_to(lr, (h * out_scale, w * out_scale))
-        out = upscale_tiles(window_sr, base, plan.tiles[step][i], (h, w), plan.halo, out_scale, tile_progress).clamp(0, 1)
-        tiles_done += len(plan.tiles[step][i])
-        return out
-
-    train_seconds = 0.0
-    total_iters = 0
     train_progress = None if progress is None else (lambda done, total: progress("train", done, total))
 
-    # ---- step 1 (the only one unless gradual x4) ----
-    t0 = time.perf_counter()
-    net, infos1, iters = train_on_image(lr, k_step, step_scale, config, masks, seeds, train_progress)
-    train_seconds += time.perf_counter() - t0
-    total_iters += iters
-    outs = []
-    for i in range(m):
-        outs.append(infer(0, i, step_scale, partial(_window_sr, net.select([i]), lr, k_step[i : i + 1].to(device), step_scale, config)))
-    members = [MemberInfo([infos1[i]], [len(plan.tiles[0][i])], plan.tile) for i in range(m)]
+    def infer(image: _Image, step: int, i: int, out_scale: int, window_sr: Callable[[Box], torch.Tensor]) -> torch.Tensor:
+        """Member i's SR at ``out_scale`` over its tiles of this step, bicubic elsewhere, clipped."""
+        nonlocal tiles_done
+        h, w = image.shape
+        base = upsample_to(image.lr, (h * out_scale, w * out_scale))
+        tiles = image.plan.tiles[step][i]
 
-    # ---- step 2 of gradual x4: I -> HR with the same x2 kernel ----
-    if gradual:
-        mid = torch.cat(outs)  # (M, C, 2h, 2w)
-        masks2 = [None if mk is None else np.repeat(np.repeat(np.asarray(mk, bool), 2, 0), 2, 1) for mk in masks]
-        levels = father_levels(mid, masks2, config) + [(lr.expand(m, -1, -1, -1), masks, 0.5)]  # the real LR image too
+        def tile_progress(done: int, _total: int) -> None:
+            if progress is not None:
+                progress("tiles", tiles_done + done, total_tiles)
+
+        out = upscale_tiles(window_sr, base, tiles, (h, w), image.plan.halo, out_scale, tile_progress).clamp(0, 1)
+        tiles_done += len(tiles)
+        return out
+
+    results: list[ZSSRResult | None] = [None] * len(jobs)
+    for (_channels, crop1, crop2), indices in batches.items():
+        t_start = time.perf_counter()
+        batch = [images[j] for j in indices]
+        kernels = [k for im in batch for k in im.kernels]
+        seeds = [s for im in batch for s in im.seeds]
+        firsts = np.cumsum([0] + [im.members for im in batch])[:-1].tolist()  # each image's first member
+
+        # ---- step 1 (the only one unless gradual x4) ----
         t0 = time.perf_counter()
-        net2, infos2, iters = train_members(
-            levels, k_given, 2, config, seeds, _crop_size(config, (2 * h, 2 * w), 2), stage=1,
-            init=net if config.x4_warm_start else None, progress=train_progress,
+        sources = [father_levels(im.lr.expand(im.members, -1, -1, -1), im.masks, config) for im in batch]
+        net, infos1, iterations = train_members(
+            sources, align_kernels([step_kernel(k) for k in kernels]), step_scale, config, seeds, crop1, progress=train_progress
         )
-        train_seconds += time.perf_counter() - t0
-        total_iters += iters
-        outs2 = []
-        for i in range(m):
-            window_sr = partial(_window_sr_x4_step2, net2.select([i]), mid[i : i + 1], lr, k_given[i : i + 1].to(device), k4[i : i + 1], config)
-            outs2.append(infer(1, i, 4, window_sr))
-            members[i].stages.append(infos2[i])
-            members[i].tiles.append(len(plan.tiles[1][i]))
-        outs = outs2
+        train_seconds = time.perf_counter() - t0
+        outs, members = [], []
+        for im, first in zip(batch, firsts):
+            outs.append([
+                infer(im, 0, i, step_scale, partial(_window_sr, net.select([first + i]), im.lr, im.k_step[i : i + 1].to(device), step_scale, config))
+                for i in range(im.members)
+            ])
+            members.append([MemberInfo([infos1[first + i]], [len(im.plan.tiles[0][i])], im.plan.tile) for i in range(im.members)])
 
-    images = []
-    while outs:  # each member's tensor is freed once converted (peak: one extra SR image, not M)
-        arr = outs.pop(0)[0].float().cpu().numpy().transpose(1, 2, 0)
-        if alpha is not None:
-            a = upsample_to(torch.from_numpy(np.ascontiguousarray(alpha.transpose(2, 0, 1)))[None], arr.shape[:2])
-            arr = np.concatenate([arr, a[0].numpy().transpose(1, 2, 0).clip(0, 1)], axis=2)
-        if grey2d:
-            arr = arr[..., 0]
-        images.append(np.ascontiguousarray(arr, dtype=np.float32))
-    return ZSSRResult(images, members, total_iters, time.perf_counter() - t_start, train_seconds)
+        # ---- step 2 of gradual x4: I -> HR with the same x2 kernel ----
+        if gradual:
+            mids = [torch.cat(o) for o in outs]  # per image (M, C, 2h, 2w)
+            sources = []
+            for im, mid in zip(batch, mids):
+                masks2 = [None if mk is None else np.repeat(np.repeat(np.asarray(mk, bool), 2, 0), 2, 1) for mk in im.masks]
+                sources.append(father_levels(mid, masks2, config) + [(im.lr.expand(im.members, -1, -1, -1), im.masks, 0.5)])  # the real LR image too
+            t0 = time.perf_counter()
+            net2, infos2, iters2 = train_members(
+                sources, align_kernels(kernels), 2, config, seeds, crop2, stage=1,
+                init=net if config.x4_warm_start else None, progress=train_progress,
+            )
+            train_seconds += time.perf_counter() - t0
+            iterations += iters2
+            for b, (im, first, mid) in enumerate(zip(batch, firsts, mids)):
+                for i in range(im.members):
+                    window_sr = partial(_window_sr_x4_step2, net2.select([first + i]), mid[i : i + 1], im.lr,
+                                        im.k_given[i : i + 1].to(device), im.k4[i : i + 1], config)
+                    outs[b][i] = infer(im, 1, i, 4, window_sr)
+                    members[b][i].stages.append(infos2[first + i])
+                    members[b][i].tiles.append(len(im.plan.tiles[1][i]))
+            del mids
+
+        seconds = time.perf_counter() - t_start
+        for b, (j, im) in enumerate(zip(indices, batch)):
+            arrays = []
+            while outs[b]:  # each member's tensor is freed once converted
+                arrays.append(_to_array(outs[b].pop(0), im))
+            results[j] = ZSSRResult(arrays, members[b], iterations, seconds, train_seconds)
+    return results  # type: ignore[return-value]

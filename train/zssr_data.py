@@ -3,7 +3,9 @@
 A *father* is a crop of the image being upscaled (or of its scale-jitter pyramid), drawn from the
 member's own region and flipped/rotated; its *son* is the father degraded with the member's kernel
 and upsampled back. All levels of all members are laid side by side on one :class:`FatherCanvas`
-so that one :func:`masked_crop.gather_crops` call per step draws every member's crops on the device.
+so that one :func:`masked_crop.gather_crops` call per step draws every member's crops on the device;
+the canvases of several images stack into one (:func:`stack_canvases`), so members of different
+images train in one batch.
 """
 
 from __future__ import annotations
@@ -60,19 +62,23 @@ def region_centre_map(
     return fit.allowed.astype(np.float32), fit.rule
 
 
+Level = tuple[torch.Tensor, Sequence[np.ndarray | None], float]
+"""One father source: images (M, C, h, w), one bool (h, w) mask or None per member, scale label."""
+
+
 @dataclass
 class FatherCanvas:
     """All father sources of a batch laid side by side: images (M, C, Hc, Wc) on the device, cdf
     float32 (M, Hc*Wc) (integer counts, exact, unless crops are also drawn outside the region; see
     :func:`build_father_canvas`), the per-member admissible-centre map and region map
-    on the canvas (numpy, for diagnostics/tests), the level blocks (x offset, h, w, scale) and the
-    rule used for the first level of each member."""
+    on the canvas (numpy, for diagnostics/tests), per member its level blocks (x offset, h, w,
+    scale) and the rule used for its first level."""
 
     images: torch.Tensor
     cdf: torch.Tensor
     centres: np.ndarray
     regions: np.ndarray
-    blocks: list[tuple[int, int, int, float]]
+    blocks: list[list[tuple[int, int, int, float]]]
     rules: list[str]
     crop_size: int
 
@@ -83,7 +89,7 @@ def _downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def build_father_canvas(
-    levels: Sequence[tuple[torch.Tensor, Sequence[np.ndarray | None], float]],
+    levels: Sequence[Level],
     crop_size: int,
     min_inside: float = MIN_INSIDE,
     region_share: float = 1.0,
@@ -134,22 +140,66 @@ def build_father_canvas(
             if mask is not None:
                 centres[i] = region_share * centres[i] / centres[i].sum() + (1.0 - region_share) * whole
     cdf = torch.from_numpy(centres.reshape(m, -1)).to(device).cumsum(1)
-    return FatherCanvas(images, cdf, centres, regions, blocks, rules, crop_size)
+    return FatherCanvas(images, cdf, centres, regions, [list(blocks) for _ in range(m)], rules, crop_size)
+
+
+def stack_canvases(canvases: Sequence[FatherCanvas]) -> FatherCanvas:
+    """The members of several canvases (e.g. of different images, same channels and crop size) in
+    one, in order, each zero-padded at the bottom and right to the largest. Padding holds no centre,
+    so a member draws exactly the crops it draws alone: its centres keep their row-major order, the
+    cumulative sums their values, and a drawn crop never reaches the padding."""
+    if len(canvases) == 1:
+        return canvases[0]
+    first = canvases[0]
+    if any(c.crop_size != first.crop_size or c.images.shape[1] != first.images.shape[1] for c in canvases):
+        raise ValueError("stacked canvases need one crop size and one channel count")
+    height = max(c.images.shape[-2] for c in canvases)
+    width = max(c.images.shape[-1] for c in canvases)
+    m = sum(c.images.shape[0] for c in canvases)
+    images = first.images.new_zeros((m, first.images.shape[1], height, width))
+    centres = np.zeros((m, height, width), np.float32)
+    regions = np.zeros((m, height, width), bool)
+    i = 0
+    for c in canvases:
+        n, _, h, w = c.images.shape
+        images[i : i + n, :, :h, :w] = c.images
+        centres[i : i + n, :h, :w] = c.centres
+        regions[i : i + n, :h, :w] = c.regions
+        i += n
+    cdf = torch.from_numpy(centres.reshape(m, -1)).to(first.images.device).cumsum(1)
+    blocks = [b for c in canvases for b in c.blocks]
+    return FatherCanvas(images, cdf, centres, regions, blocks, [r for c in canvases for r in c.rules], first.crop_size)
 
 
 def sample_fathers(
-    canvas: FatherCanvas, seeds: torch.Tensor, step: int, batch: int, perms: torch.Tensor
+    canvas: FatherCanvas, seeds: torch.Tensor, step: int | torch.Tensor, batch: int, perms: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This step's father crops (M, B, C, crop, crop) (flipped/rotated) and their canvas centres
     (M, B, 2) as (y, x). Pure function of (seed, step): no host sync."""
+    crops, augment = father_draws(seeds, step, 1, batch)
+    return fathers_from_draws(canvas, crops[0], augment[0], perms)
+
+
+def father_draws(seeds: torch.Tensor, first_step: int | torch.Tensor, window: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uniforms of ``window`` consecutive steps from ``first_step`` in one call: (crop
+    positions, flips/rotations), float32 (W, M, B) each (see :func:`fathers_from_draws`)."""
+    return (rng.uniform_window(seeds, rng.Stream.ZSSR_CROPS, first_step, window, (batch,)),
+            rng.uniform_window(seeds, rng.Stream.ZSSR_AUGMENT, first_step, window, (batch,)))
+
+
+def fathers_from_draws(
+    canvas: FatherCanvas, crops: torch.Tensor, augment: torch.Tensor, perms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Father crops (M, B, C, crop, crop) and their canvas centres (M, B, 2) for one step's
+    uniforms (M, B) each: crop positions (inverse CDF of the centre maps) and one of the 8
+    flips/rotations per crop."""
     m, c = canvas.images.shape[:2]
+    batch = crops.shape[1]
     cs = canvas.crop_size
-    u = rng.uniform(seeds, rng.Stream.ZSSR_CROPS, step, (batch,))
-    crops, centres = gather_crops(canvas.images, canvas.cdf, u, cs)
-    a = rng.uniform(seeds, rng.Stream.ZSSR_AUGMENT, step, (batch,))
-    t = (a * 8).long().clamp_max(7)
+    cropped, centres = gather_crops(canvas.images, canvas.cdf, crops, cs)
+    t = (augment * 8).long().clamp_max(7)
     idx = perms[t][:, :, None, :].expand(m, batch, c, cs * cs)
-    fathers = crops.reshape(m, batch, c, cs * cs).gather(3, idx).reshape(m, batch, c, cs, cs)
+    fathers = cropped.reshape(m, batch, c, cs * cs).gather(3, idx).reshape(m, batch, c, cs, cs)
     return fathers, centres
 
 
@@ -162,9 +212,7 @@ def make_sons(fathers: torch.Tensor, kernels: torch.Tensor, scale: int, noise: t
     return upsample_to(sons, (h, w)).reshape(m, b, c, h, w)
 
 
-def father_levels(
-    source: torch.Tensor, masks: Sequence[np.ndarray | None], config: ZSSRConfig
-) -> list[tuple[torch.Tensor, list[np.ndarray | None], float]]:
+def father_levels(source: torch.Tensor, masks: Sequence[np.ndarray | None], config: ZSSRConfig) -> list[Level]:
     """The source (M, C, h, w) and its scale-jitter pyramid with matching masks."""
     levels = [(source, list(masks), 1.0)]
     if config.scale_jitter:

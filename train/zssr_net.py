@@ -131,8 +131,10 @@ class MemberConvNet:
 
 def autocast_context(device: torch.device, config: ZSSRConfig) -> tuple[contextlib.AbstractContextManager, float]:
     """(autocast context, loss scale) for training/inference on this device."""
+    # No cast cache: a captured CUDA graph must not keep autocast's cached weight copies (and the
+    # member nets cast their weights per call anyway).
     if device.type == "cuda" and config.amp:
         if torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16), 1.0
-        return torch.autocast("cuda", dtype=torch.float16), 1024.0
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False), 1.0
+        return torch.autocast("cuda", dtype=torch.float16, cache_enabled=False), 1024.0
     return contextlib.nullcontext(), 1.0
