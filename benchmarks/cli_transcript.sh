@@ -59,8 +59,8 @@ echo
 echo "# ---- SIGTERM mid-batch, then resume with --skip-existing ----"
 mkdir -p "$work/resume_in"
 for i in 0 1 2; do python3 -c "import cv2; cv2.imwrite('$work/resume_in/p$i.png', cv2.imread('samples/set5_baby.png')[$((i * 8)):$((i * 8 + 96)), :96])"; done
-echo "\$ mkgan-engine sr resume_in/ -o resume_out/ --device cpu --zssr-iters 200 &  # then kill -TERM once p0_x2.png exists"
-mkgan-engine sr "$work/resume_in" -o "$work/resume_out" --device cpu --zssr-iters 200 &
+echo "\$ mkgan-engine sr resume_in/ -o resume_out/ --device cpu --zssr-iters 200 --pack 1 &  # then kill -TERM once p0_x2.png exists"
+mkgan-engine sr "$work/resume_in" -o "$work/resume_out" --device cpu --zssr-iters 200 --pack 1 &
 pid=$!
 while [ ! -e "$work/resume_out/p0_x2.png" ]; do sleep 0.2; done
 kill -TERM $pid

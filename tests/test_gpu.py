@@ -3,9 +3,9 @@
 CUDA against the CPU (KernelGAN in float64, ZSSR in float32 without autocast, TF32 off), ZSSR's
 bfloat16 autocast, a small ``Engine.run``, the masked-crop op on the trainers' own inputs, the
 promise of the trainers' docstrings that a training step queues its work without waiting for the
-GPU (``torch.cuda.set_sync_debug_mode``), and KernelGAN's step captured in a CUDA graph
-(``KernelGANConfig.cuda_graphs``): the same kernels as eager steps, no host sync per replay. Sizes
-are small: the whole file takes about a minute.
+GPU (``torch.cuda.set_sync_debug_mode``), and both training steps captured in CUDA graphs
+(``KernelGANConfig.cuda_graphs``, ``ZSSRConfig.cuda_graphs``): the same kernels / SR images as eager
+steps, no host sync per replay. Sizes are small: the whole file takes about a minute.
 """
 
 from __future__ import annotations
@@ -182,18 +182,24 @@ def test_masked_crop_on_cuda_matches_the_cpu_on_trainer_inputs(bird, dtype):
 # ------------------------------------------------------------------------------------------------
 # No host synchronisation inside a training step
 # ------------------------------------------------------------------------------------------------
-def test_a_kernelgan_step_does_not_wait_for_the_gpu(bird):
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "cuda-graph"])
+def test_a_kernelgan_step_does_not_wait_for_the_gpu(bird, captured):
+    """No host sync in KernelGAN steps, eager or replayed from a CUDA graph (a random-number window
+    refill included), and every step runs exactly once."""
     steps = _gpu_steps()
-    batch = steps.kernelgan_batch(bird, 2, KernelGANConfig.preset("paper"), CUDA)
-    for _ in range(3):  # warm-up: the op's build, cuDNN plans, the allocator
+    batch = steps.kernelgan_batch(bird, 2, KernelGANConfig.preset("paper").with_(cuda_graphs=captured), CUDA)
+    for _ in range(batch.runner.warmup + 1):  # the op's build, cuDNN plans, the allocator (and the capture)
         batch.step()
-    sites = steps.sync_sites(lambda: [batch.step() for _ in range(3)])
-    assert not sites, f"host syncs in 3 KernelGAN steps (site: count): {sites}"
+    assert batch.runner.captured == captured
+    sites = steps.sync_sites(lambda: [batch.step() for _ in range(batch.window)])
+    assert not sites, f"host syncs in {batch.window} KernelGAN steps (site: count): {sites}"
     torch.cuda.set_sync_debug_mode("error")
     try:
         batch.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert batch.steps.tolist() == [batch.window + batch.runner.warmup + 2] * 2
 
 
 def test_zssr_training_iterations_do_not_wait_for_the_gpu(bird):
@@ -218,12 +224,8 @@ def deterministic_cudnn():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d).split(".")[-1])
-def test_captured_kernelgan_steps_equal_eager_steps(bird, monkeypatch, deterministic_cudnn, dtype):
-    """30 iterations with ``cuda_graphs=True`` (3 eager warm-up steps on a side stream, the capture
-    and its replay, then replays; random-number windows refilled every 10 steps between replays, two
-    checks) give the kernels and loss history of eager steps, bit for bit, and a graph was really
-    captured and replayed."""
+def record_step_runners(monkeypatch, module: ModuleType) -> list[graphs.StepRunner]:
+    """The list every :class:`graphs.StepRunner` that ``module`` makes from now on is appended to."""
     runners: list[graphs.StepRunner] = []
 
     class Recording(graphs.StepRunner):
@@ -231,7 +233,17 @@ def test_captured_kernelgan_steps_equal_eager_steps(bird, monkeypatch, determini
             super().__init__(*args, **kwargs)
             runners.append(self)
 
-    monkeypatch.setattr(kernelgan, "StepRunner", Recording)
+    monkeypatch.setattr(module, "StepRunner", Recording)
+    return runners
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: str(d).split(".")[-1])
+def test_captured_kernelgan_steps_equal_eager_steps(bird, monkeypatch, deterministic_cudnn, dtype):
+    """30 iterations with ``cuda_graphs=True`` (3 eager warm-up steps on a side stream, the capture
+    and its replay, then replays; random-number windows refilled every 10 steps between replays, two
+    checks) give the kernels and loss history of eager steps, bit for bit, and a graph was really
+    captured and replayed."""
+    runners = record_step_runners(monkeypatch, kernelgan)
     image = bird[:96, :112]
     mask = np.zeros(image.shape[:2], bool)
     mask[:, 40:] = True
@@ -254,23 +266,6 @@ def test_captured_kernelgan_steps_equal_eager_steps(bird, monkeypatch, determini
             assert np.array_equal(c.history[key], e.history[key]), f"history {key}; {note}"
 
 
-def test_a_replayed_kernelgan_step_does_not_wait_for_the_gpu(bird):
-    steps = _gpu_steps()
-    batch = steps.kernelgan_batch(bird, 2, KernelGANConfig.preset("paper").with_(cuda_graphs=True), CUDA)
-    for _ in range(batch.runner.warmup + 1):  # the eager warm-up steps, then the capture (and its replay)
-        batch.step()
-    assert batch.runner.captured
-    sites = steps.sync_sites(lambda: [batch.step() for _ in range(batch.window)])  # replays and one window refill
-    assert not sites, f"host syncs in {batch.window} replayed KernelGAN steps (site: count): {sites}"
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        batch.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-    assert batch.steps.tolist() == [batch.window + batch.runner.warmup + 2] * 2  # every step ran exactly once
-
-
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
 def test_captured_zssr_steps_equal_eager_steps(bird, monkeypatch, deterministic_cudnn, amp):
     """ZSSR with ``cuda_graphs=True``: the training step captured once per batch (re)build and
@@ -278,14 +273,7 @@ def test_captured_zssr_steps_equal_eager_steps(bird, monkeypatch, deterministic_
     (fixed batch size on CUDA) - the same SR images, iterations and learning rates as eager steps."""
     import mkgan_engine.train.zssr as zssr
 
-    runners: list[graphs.StepRunner] = []
-
-    class Recording(graphs.StepRunner):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            runners.append(self)
-
-    monkeypatch.setattr(zssr, "StepRunner", Recording)
+    runners = record_step_runners(monkeypatch, zssr)
     lr = bird[100:164, 80:144]
     kernels = [anisotropic_gaussian(13, 2.0, 0.8, 0.4, 2), anisotropic_gaussian(13, 1.0, 1.5, 2.0, 2)]
     mask = np.zeros(lr.shape[:2], bool)
