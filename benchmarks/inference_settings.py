@@ -28,7 +28,6 @@ import torch
 from mkgan_engine.config import EngineConfig
 from mkgan_engine.metrics import score
 from mkgan_engine.pipeline import Engine
-from mkgan_engine.train.merge import merge_regions
 from mkgan_engine.train.zssr import align_kernels, train_on_image
 from mkgan_engine.train.zssr_inference import back_project, upscale_window
 from run import Sample
@@ -57,8 +56,7 @@ def measure(sample: Sample, seed: int, base: EngineConfig) -> list[dict]:
             outs = [back_project(sr, lr, k[i : i + 1], 2, iterations).clamp(0, 1)[0].numpy().transpose(1, 2, 0)
                     for i, sr in enumerate(raw)]
             seconds = net_seconds + time.perf_counter() - start
-            region_map = plan.region_map
-            sr = outs[0] if len(outs) == 1 else merge_regions(outs, region_map.upscale(2), region_map.label_ids, scale=2)
+            sr = plan.merge(outs)
             rows.append({"image": sample.name, "seed": seed, "ensemble": ensemble, "back_projection": iterations,
                          "regions": len(kernels), "psnr_y": round(score(sr, sample.hr, 2)["psnr_y"], 4),
                          "s_per_mp_region": round(seconds / len(kernels) / (sample.lr.shape[0] * sample.lr.shape[1] / 1e6), 2)})

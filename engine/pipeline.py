@@ -66,6 +66,15 @@ class Plan:
         return cls(region_map, masks, tuple(seed * 1000 + i for i in range(n)),
                    tuple(seed * 1000 + 500 + i for i in range(n)), scale)
 
+    def merge(self, srs: list[np.ndarray]) -> np.ndarray:
+        """The image from one SR image per region (float32 (H*s)x(W*s)x3 each, plan order): the
+        region's own for a single region, else the feathered merge of :mod:`~mkgan_engine.train.merge`."""
+        if len(srs) == 1:
+            return srs[0]
+        from mkgan_engine.train.merge import merge_regions
+
+        return merge_regions(srs, self.region_map.upscale(self.scale), self.region_map.label_ids, scale=self.scale)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -284,7 +293,6 @@ class Engine:
         """:meth:`super_resolve` for several images at once: the regions of all of them train as one
         ZSSR member batch (:func:`~mkgan_engine.train.zssr.run_zssr_many`; each region gets what it
         gets alone). ``timings`` receives the seconds of all images together."""
-        from mkgan_engine.train.merge import merge_regions
         from mkgan_engine.train.zssr import ZSSRJob, run_zssr_many
 
         scale = self.config.scale
@@ -294,13 +302,9 @@ class Engine:
             results = run_zssr_many(jobs, scale, self.config.zssr, device=self.device, progress=progress)
         out = []
         for zssr, plan in zip(results, plans):
-            diagnostics = [zssr_diagnostics(member) for member in zssr.members]
-            if len(zssr.images) == 1:
-                out.append((zssr.images[0], diagnostics))
-                continue
-            with self._stage("merge", timings):
-                region_map = plan.region_map
-                out.append((merge_regions(zssr.images, region_map.upscale(scale), region_map.label_ids, scale=scale), diagnostics))
+            merged = len(zssr.images) > 1
+            with self._stage("merge", timings if merged else None, announce=merged):
+                out.append((plan.merge(zssr.images), [zssr_diagnostics(member) for member in zssr.members]))
         return out
 
     # ----------------------------------------------------------------------------- whole image
