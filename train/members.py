@@ -42,31 +42,22 @@ def compact(obj: Any, names: Iterable[str], index: torch.Tensor) -> None:
 
 
 def _per_member(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """A per-member (M,) tensor shaped to broadcast against a (M, ...) tensor of ``dim`` dims; a
-    0-dim tensor (the same for every member) unchanged."""
-    return x.reshape((-1,) + (1,) * (dim - 1)) if x.dim() else x
+    """A per-member (M,) tensor shaped to broadcast against a (M, ...) tensor of ``dim`` dims."""
+    return x.reshape((-1,) + (1,) * (dim - 1))
 
 
 class MemberAdam:
     """Adam (Kingma & Ba) over parameter tensors shaped (M, ...), one learning rate per member.
 
     The moments ``exp_avg`` / ``exp_avg_sq`` have the parameters' shapes and dtypes (gradients are
-    cast to them), so they are per member. Step counts, which drive the bias corrections
-    ``1 - beta**t``, come in one of two forms, fixed at construction:
+    cast to them), and ``steps`` (int64 (M,) on the device) counts each member's updates, so a member
+    can restart (:meth:`reset_member`) while the others go on. The bias corrections ``1 - beta**t``
+    are computed on the device in ``bias_dtype`` and used in the learning rate's dtype:
+    float32 for KernelGAN, float64 for ZSSR (the numbers a Python double gives) - the rounding each
+    trainer's reference outputs were made with.
 
-    * ``shared_steps=False`` (KernelGAN): ``steps`` int64 (M,) on the device, one count per member;
-      bias corrections are float32 tensors (M,) computed on the device, so a member can restart
-      (:meth:`reset_member`) while the others go on.
-    * ``shared_steps=True`` (ZSSR): all members start together and only ever leave the batch, so one
-      count ``steps`` (int64 0-dim tensor on the device) serves all; bias corrections are computed in
-      float64 on the device and rounded to the learning rate's dtype - the numbers a Python double
-      would give.
-
-    Both forms are free of host synchronisation and update their state in place (a captured CUDA
-    graph replays them) with one multi-tensor (``torch._foreach_*``) kernel per operation for all
-    parameter tensors, and the update itself is the same float operations in the same order; they
-    differ in the rounding of the bias corrections (float32 pow vs double), which is why each trainer
-    keeps the form its reference outputs were made with.
+    Free of host synchronisation; the state is updated in place (a captured CUDA graph replays it)
+    with one multi-tensor (``torch._foreach_*``) kernel per operation for all parameter tensors.
     """
 
     def __init__(
@@ -74,30 +65,23 @@ class MemberAdam:
         params: Sequence[torch.Tensor],
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        shared_steps: bool = False,
+        bias_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.betas = betas
         self.eps = eps
+        self.bias_dtype = bias_dtype
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        shape = () if shared_steps else (params[0].shape[0],)
-        self.steps = torch.zeros(shape, dtype=torch.int64, device=params[0].device)
-
-    @property
-    def shared_steps(self) -> bool:
-        return self.steps.dim() == 0
+        self.steps = torch.zeros(params[0].shape[0], dtype=torch.int64, device=params[0].device)
 
     def _bias_corrections(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance the step counts (in place); (1 - beta1**t, sqrt(1 - beta2**t)) per member, float32
-        (M,), or shared, 0-dim ``dtype``."""
+        """Advance the step counts (in place); (1 - beta1**t, sqrt(1 - beta2**t)) per member, (M,) in
+        ``dtype``."""
         b1, b2 = self.betas
         self.steps += 1
+        t = self.steps.to(self.bias_dtype)
         # A Python-number base is made on the device (torch.tensor(b, device=...) is a blocking copy).
-        if self.shared_steps:
-            t = self.steps.to(torch.float64)
-            return (1.0 - torch.pow(b1, t)).to(dtype), torch.sqrt(1.0 - torch.pow(b2, t)).to(dtype)
-        t = self.steps.to(torch.float32)
-        return 1.0 - torch.pow(b1, t), torch.sqrt(1.0 - torch.pow(b2, t))
+        return (1.0 - torch.pow(b1, t)).to(dtype), torch.sqrt(1.0 - torch.pow(b2, t)).to(dtype)
 
     @torch.no_grad()
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], lr: torch.Tensor) -> None:
@@ -127,16 +111,14 @@ class MemberAdam:
         """The state of the members ``index`` (int64 (M',)) only; step them with the parameters'
         :func:`take` at the same index."""
         out = MemberAdam.__new__(MemberAdam)
-        out.betas, out.eps = self.betas, self.eps
+        out.betas, out.eps, out.bias_dtype = self.betas, self.eps, self.bias_dtype
         out.exp_avg, out.exp_avg_sq = take(self.exp_avg, index), take(self.exp_avg_sq, index)
-        out.steps = self.steps.clone() if self.shared_steps else take(self.steps, index)
+        out.steps = take(self.steps, index)
         return out
 
     @torch.no_grad()
     def reset_member(self, member: int) -> None:
-        """Forget one member's moments and step count (a restart); needs per-member step counts."""
-        if self.shared_steps:
-            raise ValueError("reset_member needs per-member step counts (shared_steps=False)")
+        """Forget one member's moments and step count (a restart)."""
         for m, v in zip(self.exp_avg, self.exp_avg_sq):
             m[member] = 0
             v[member] = 0

@@ -202,7 +202,7 @@ def train_members(
         )
     final = MemberConvNet([w.detach().clone() for w in net.weights], [b.detach().clone() for b in net.biases], net.grouped)
     net.requires_grad_(True)
-    opt = MemberAdam(net.parameters(), shared_steps=True)  # members start together, never restart
+    opt = MemberAdam(net.parameters(), bias_dtype=torch.float64)
     lr_t = torch.full((m,), config.lr, device=device)
 
     # Fixed reconstruction-error crops: drawn once per member from its first-level region.
