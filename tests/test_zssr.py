@@ -13,7 +13,7 @@ from mkgan_engine.train.config import ENSEMBLE_SIZES, ZSSRConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, blur_downsample, degrade
 from mkgan_engine.train.kernel import analytic_x4
 from mkgan_engine.train.masked_crop import centres_from_uniforms
-from mkgan_engine.train.zssr import ZSSRJob, align_kernels, run_zssr, run_zssr_many, train_members
+from mkgan_engine.train.zssr import Joiner, ZSSRJob, align_kernels, run_zssr, run_zssr_many, train_members, train_pool
 from mkgan_engine.train.zssr_data import (
     build_father_canvas,
     dihedral,
@@ -261,6 +261,48 @@ def test_finished_members_frozen_in_the_batch_equal_members_that_leave_it(load_p
     assert [(i.iterations, i.final_lr, i.loss) for i in infos_a] == [(i.iterations, i.final_lr, i.loss) for i in infos_b]
     for wa, wb in zip(net_a.parameters(), net_b.parameters()):
         assert torch.equal(wa, wb)
+
+
+@pytest.mark.slow
+def test_a_member_that_joins_a_running_batch_equals_the_member_alone(load_photo):
+    """The batch refills as it empties: when member A finishes, B (another image) joins while C is
+    still training; each of the three gets exactly what it gets alone, and B's training overlaps C's."""
+    bird = load_photo("set5/bird.png")[100:148, 80:136]
+    face = load_photo("set14/face.png")[20:60, 30:94]
+    k1, k2 = align_kernels([anisotropic_gaussian(13, 2.0, 0.8, 0.4, 2), anisotropic_gaussian(13, 1.0, 1.5, 2.0, 2)])
+    mask = np.zeros(bird.shape[:2], bool)
+    mask[4:44, 20:56] = True
+    config = _tiny(iterations=48, lr_min=5e-5)
+
+    def source(image, masks):
+        lr = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+        return father_levels(lr.expand(len(masks), -1, -1, -1), masks, config)
+
+    a = Joiner(source(bird, [mask]), k1[None], [9], ["A"])
+    c = Joiner(source(bird, [None]), k1[None], [7], ["C"])
+    b = Joiner(source(face, [None]), k2[None], [5], ["B"])
+
+    def run(joiners, then=None):
+        got: dict = {}
+
+        def on_finish(finished):
+            for name, info, net in finished:
+                got[name] = (info, net)
+            return [then] if then is not None and any(name == "A" for name, _, _ in finished) else []
+
+        return got, train_pool(joiners, 2, config, 24, on_finish)
+
+    together, iterations = run([a, c], then=b)
+    alone = {name: run([j])[0][name] for name, j in (("A", a), ("B", b), ("C", c))}
+    assert together["A"][0].iterations < together["C"][0].iterations  # A leaves first, then B joins
+    for name in "ABC":
+        (info, net), (info_alone, net_alone) = together[name], alone[name]
+        assert (info.iterations, info.final_lr, info.loss, info.rec_error) == (info_alone.iterations, info_alone.final_lr, info_alone.loss, info_alone.rec_error)
+        for w, w_alone in zip(net.parameters(), net_alone.parameters()):
+            assert torch.equal(w, w_alone), name
+    joined_at = together["A"][0].iterations  # a multiple of the checks' rhythm here (8)
+    assert iterations == max(together["C"][0].iterations, joined_at + together["B"][0].iterations)
+    assert iterations < together["A"][0].iterations + together["B"][0].iterations + together["C"][0].iterations
 
 
 @pytest.mark.slow

@@ -116,6 +116,15 @@ class MemberAdam:
         out.steps = take(self.steps, index)
         return out
 
+    def extend(self, params: Sequence[torch.Tensor]) -> MemberAdam:
+        """This state for the first members of ``params`` (the parameters with new members appended,
+        e.g. :meth:`zssr_net.MemberConvNet.cat`) and a fresh start for the appended ones."""
+        out = MemberAdam(params, self.betas, self.eps, self.bias_dtype)
+        m = self.steps.shape[0]
+        for new, old in zip(out.exp_avg + out.exp_avg_sq + [out.steps], self.exp_avg + self.exp_avg_sq + [self.steps]):
+            new[:m] = old
+        return out
+
     @torch.no_grad()
     def reset_member(self, member: int) -> None:
         """Forget one member's moments and step count (a restart)."""

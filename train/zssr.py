@@ -40,8 +40,10 @@ Training (one *step* of scale ``s`` with kernel ``k``; our own implementation of
   makes), lr /= ``config.lr_decay``. A member stops when ``lr < config.lr_min`` (not before
   ``config.min_iterations``) or at ``config.iterations``; finished members leave the batch (on
   CUDA they first stay in it at lr 0 until half the batch is done, so the batch keeps its size), the
-  others continue.
-* Per step no Python number reaches the device: the RNG counter and Adam's step count are device
+  others continue, and new members may join (:func:`train_pool`: gradual x4's second step of a
+  member joins as soon as its first step is done). Every member runs on its own clock - RNG
+  counters, Adam steps, checks - so joining changes nothing of what it computes.
+* Per step no Python number reaches the device: the RNG counters and Adam's step counts are device
   tensors updated in place, the random numbers of ``RNG_WINDOW`` steps are drawn in one call, and
   the host only looks at the batch at the learning-rate checks.
 
@@ -80,9 +82,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import rng
 from .config import ZSSRConfig
@@ -157,6 +161,247 @@ def _slope_and_se(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, se
 
 
+@dataclass
+class Joiner:
+    """Members of one image that join a training batch (:func:`train_pool`): its father ``levels``
+    (see :func:`build_father_canvas`; the first is the image being upscaled, the tensors hold these
+    members), kernels (m, K, K), seeds and the caller's ids, the training ``stage`` (0, or 1 for
+    gradual x4's second step: its own RNG counters and initialisation) and the nets to start from
+    (``init``, m members; None: initialised from the seeds)."""
+
+    levels: Sequence[Level]
+    kernels: torch.Tensor
+    seeds: list[int]
+    ids: list[Any]
+    stage: int = 0
+    init: MemberConvNet | None = None
+
+
+@dataclass
+class _Slot:
+    """Host bookkeeping of one member in the batch: the caller's id, the global iteration it joined
+    at (its own clock is the global one minus that), its learning rate, the own iteration of its last
+    lr change, how many reconstruction errors it has, its centre rule."""
+
+    id: Any
+    joined: int
+    lr: float
+    rule: str
+    last_change: int = 0
+    recs: int = 0
+
+
+Finished = tuple[Any, StageInfo, MemberConvNet]
+"""(the caller's id, the member's training, its trained net as a one-member net)."""
+
+_BATCH_STATE = ("canvas", "net", "kernels", "seeds", "keys", "rec_sons", "rec_fathers", "rec_buf", "loss_hist", "lr")
+
+
+def _pad_kernels(kernels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """(m, K, K) kernel stacks zero-padded to the largest K, keeping each kernel's alignment."""
+    size = max(k.shape[-1] for k in kernels)
+    out = []
+    for k in kernels:
+        d = (size - 1) // 2 - (k.shape[-1] - 1) // 2
+        out.append(F.pad(k, (d, size - k.shape[-1] - d, d, size - k.shape[-1] - d)) if k.shape[-1] != size else k)
+    return out
+
+
+def train_pool(
+    joiners: Sequence[Joiner],
+    scale: int,
+    config: ZSSRConfig,
+    crop_size: int,
+    on_finish: Callable[[list[Finished]], Sequence[Joiner]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    freeze_finished: bool | None = None,
+) -> int:
+    """Train members at ``scale`` on ``crop_size`` fathers until every member - and every member
+    ``on_finish`` adds - has finished; returns the batched iterations run.
+
+    Every member has its own clock, learning-rate policy and stopping point (module docstring) and
+    gets what it gets alone. ``on_finish(finished)`` receives the members that finished at a
+    learning-rate check (their nets; :data:`Finished`) and may return new :class:`Joiner` s: they
+    join the running batch at the next check on a multiple of ``config.lr_policy_every`` (their
+    clocks then keep the batch's rhythm of checks), so the batch refills as it empties.
+    ``progress(done, total)``: the furthest member's iterations, at each check.
+
+    The state is updated in place with device step counters (no Python number enters a step). With
+    ``freeze_finished`` a finished member stays in the batch at learning rate 0 until half the batch
+    is frozen or members join (fewer rebuilds of a fixed-size batch, what a captured CUDA graph
+    needs), else it leaves at once. Default: freeze on CUDA only (on the CPU a frozen member would
+    still cost its share of the compute).
+    """
+    device = joiners[0].levels[0][0].device if joiners else torch.device("cpu")
+    cs = crop_size
+    perms = dihedral_permutations(cs, device)
+    autocast, loss_scale = autocast_context(device, config)
+    freeze = device.type == "cuda" if freeze_finished is None else freeze_finished
+    if config.iterations < 1:
+        raise ValueError("ZSSR needs at least one iteration")
+    rec_every = max(1, config.rec_every)
+    every = config.lr_policy_every
+    rhythm = math.lcm(every, rec_every)  # members join on multiples: their checks and measurements stay in step
+    n_rec = max(1, config.rec_crops)
+    rec_slots = config.iterations // rec_every + 1
+    window = config.lr_policy_window
+    noise_std = float(config.noise_std)
+    shave = min(config.depth, cs // 4)
+    checks = {config.min_iterations, config.iterations}
+
+    slots: list[_Slot | None] = []  # one per batch position; None: frozen
+    batch: dict[str, Any] = {}  # _BATCH_STATE, each with a leading member dimension
+    draws: list[torch.Tensor] = []  # this window's random numbers (W, M, ...)
+    window_pos = torch.zeros(1, dtype=torch.int64, device=device)  # the next step's row of the window
+    window_left = 0  # steps left in the drawn window (0: draw before the next step)
+    runner: StepRunner | None = None
+
+    def part(j: Joiner) -> dict[str, Any]:
+        """The batch state of one joiner's members."""
+        m = len(j.seeds)
+        seeds = torch.as_tensor(j.seeds, dtype=torch.int64, device=device)
+        step0 = torch.full((m,), j.stage * _STAGE_STRIDE, dtype=torch.int64, device=device)
+        canvas = build_father_canvas(j.levels, cs, config.region_min_inside, config.region_share)
+        rec_canvas = build_father_canvas(j.levels[:1], cs, config.region_min_inside)
+        u = rng.uniform(seeds, rng.Stream.ZSSR_REC, step0, (n_rec,))
+        rec_fathers, _ = gather_crops(rec_canvas.images, rec_canvas.cdf, u, cs)
+        kernels = j.kernels.to(device)
+        if j.init is None:
+            stream = rng.Stream.ZSSR_INIT + rng.ZSSR_STAGE_STRIDE * j.stage
+            net = MemberConvNet.initialise(j.seeds, canvas.images.shape[1], config.channels, config.depth, stream, device)
+        else:
+            net = MemberConvNet.cat([j.init])
+        return {"canvas": canvas, "net": net, "kernels": kernels, "seeds": seeds, "keys": step0,
+                "rec_sons": make_sons(rec_fathers, kernels, scale), "rec_fathers": rec_fathers,
+                "rec_buf": torch.zeros((m, rec_slots), device=device), "loss_hist": torch.zeros((m, max(1, window)), device=device),
+                "lr": torch.full((m,), config.lr, device=device)}
+
+    def rebuild(keep: list[int], new: Sequence[Joiner], t: int) -> None:
+        """The batch of the members at positions ``keep`` plus the ``new`` ones (joining at global
+        iteration ``t``); a new random-number window and step runner (new tensors: capture again)."""
+        nonlocal slots, draws, window_left, runner
+        parts = []
+        if keep:
+            index = torch.as_tensor(keep, device=device)
+            parts.append({k: take(batch[k], index) for k in _BATCH_STATE})
+        parts += [part(j) for j in new]
+        batch["canvas"] = stack_canvases([p["canvas"] for p in parts])
+        batch["net"] = MemberConvNet.cat([p["net"] for p in parts]).requires_grad_(True)
+        batch["kernels"] = torch.cat(_pad_kernels([p["kernels"] for p in parts]))
+        for k in ("seeds", "keys", "rec_sons", "rec_fathers", "rec_buf", "loss_hist", "lr"):
+            batch[k] = torch.cat([p[k] for p in parts])
+        params = batch["net"].parameters()
+        batch["opt"] = batch["opt"].select(index).extend(params) if keep else MemberAdam(params, bias_dtype=torch.float64)
+        slots = [slots[i] for i in keep] + [_Slot(i, t, config.lr, "") for j in new for i in j.ids]
+        for pos, rule in enumerate(batch["canvas"].rules):
+            if slots[pos] is not None and not slots[pos].rule:
+                slots[pos].rule = rule
+        window_left = 0
+        runner = StepRunner(train_step, device, capture=config.cuda_graphs)
+
+    def draw_window() -> list[torch.Tensor]:
+        """The random numbers of every member's next ``RNG_WINDOW`` steps, (W, M, ...) each: crop
+        positions, flips/rotations and (with ``noise_std``) the sons' noise."""
+        keys, seeds = batch["keys"] + 1, batch["seeds"]
+        out = list(father_draws(seeds, keys, RNG_WINDOW, config.batch_size))
+        if noise_std > 0:
+            c = batch["canvas"].images.shape[1]
+            shape = (config.batch_size * c, math.ceil(cs / scale), math.ceil(cs / scale))
+            out.append(noise_std * rng.normal_window(seeds, rng.Stream.ZSSR_NOISE, keys, RNG_WINDOW, shape))
+        return out
+
+    def train_step() -> None:
+        """One iteration of every member, in place on the batch state (graph-capturable)."""
+        net, keys = batch["net"], batch["keys"]
+        keys.add_(1)
+        now = [d.index_select(0, window_pos)[0] for d in draws]
+        window_pos.add_(1)
+        fathers, _ = fathers_from_draws(batch["canvas"], now[0], now[1], perms)
+        sons = make_sons(fathers, batch["kernels"], scale, now[2] if noise_std > 0 else None)
+        with autocast:
+            out = net(sons)
+        loss_m = (out.float() - fathers).abs().mean(dim=(1, 2, 3, 4))
+        grads = torch.autograd.grad(loss_m.sum() * loss_scale, net.parameters())
+        if loss_scale != 1.0:
+            grads = [torch.nan_to_num(g.float() / loss_scale, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+        batch["opt"].step(net.parameters(), grads, batch["lr"])
+        column = (keys % _STAGE_STRIDE).remainder(batch["loss_hist"].shape[1])[:, None]  # own iteration mod window
+        batch["loss_hist"].scatter_(1, column, loss_m.detach()[:, None])
+
+    rebuild([], list(joiners), 0)
+    pending: list[Joiner] = []
+    t = 0
+    while slots or pending:
+        if not any(s is not None for s in slots):  # empty: the joiners start now, on the rhythm
+            t = -(-t // rhythm) * rhythm
+            rebuild([], pending, t)
+            pending = []
+        t += 1
+        if window_left == 0:
+            fresh = draw_window()
+            if len(draws) == len(fresh) and all(d.shape == f.shape for d, f in zip(draws, fresh)):
+                for d, f in zip(draws, fresh):
+                    d.copy_(f)  # in place: a captured step reads these buffers
+            else:
+                draws = fresh
+            window_pos.zero_()
+            window_left = RNG_WINDOW
+        runner()
+        window_left -= 1
+        own = [None if s is None else t - s.joined for s in slots]
+
+        if t % rec_every == 0:
+            net, rec_sons, rec_fathers = batch["net"], batch["rec_sons"], batch["rec_fathers"]
+            with torch.no_grad(), autocast:
+                rec_out = net(rec_sons)
+            diff = (rec_out.float() - rec_fathers)[..., shave : cs - shave, shave : cs - shave]
+            columns = torch.as_tensor([min(0 if s is None else s.recs, rec_slots - 1) for s in slots], device=device)
+            batch["rec_buf"].scatter_(1, columns[:, None], diff.abs().mean(dim=(1, 2, 3, 4))[:, None])
+            for s in slots:
+                if s is not None:
+                    s.recs += 1
+
+        policy = t % every == 0
+        if not (policy or any(o in checks for o in own if o is not None)):
+            continue
+        # ---- one host sync: learning-rate policy and stopping ----
+        if progress is not None:
+            progress(max(o for o in own if o is not None), config.iterations)
+        rec_host = batch["rec_buf"].cpu().numpy()
+        for i, s in enumerate(slots):
+            if s is None or own[i] % every or own[i] - s.last_change < window:
+                continue
+            iters = rec_every * np.arange(1, s.recs + 1)
+            sel = (iters > own[i] - window) & (iters > s.last_change)
+            if sel.sum() >= 3:
+                slope, se = _slope_and_se(iters[sel], rec_host[i, : s.recs][sel])
+                if not (-slope > config.lr_slope_ratio * se):
+                    s.lr /= config.lr_decay
+                    s.last_change = own[i]
+        done = [i for i, s in enumerate(slots) if s is not None and (
+            own[i] >= config.iterations or (s.lr < config.lr_min and own[i] >= config.min_iterations))]
+        if done:
+            loss_host = batch["loss_hist"].mean(1).cpu().numpy()
+            finished = []
+            for i in done:
+                s = slots[i]
+                rec_last = float(rec_host[i, s.recs - 1]) if s.recs else float("nan")
+                finished.append((s.id, StageInfo(own[i], s.lr, float(loss_host[i]), rec_last, s.rule), batch["net"].select([i])))
+                slots[i] = None
+            if on_finish is not None:
+                pending += list(on_finish(finished))
+        live = [i for i, s in enumerate(slots) if s is not None]
+        if not live:
+            slots = []  # the pending joiners (if any) start at the next step on the rhythm
+            continue
+        if (pending and t % rhythm == 0) or (done and (not freeze or 2 * len(live) <= len(slots))):
+            joining = pending if t % rhythm == 0 else []
+            rebuild(live, joining, t)
+            pending = pending[len(joining):]
+        batch["lr"].copy_(torch.tensor([0.0 if s is None else s.lr for s in slots], dtype=torch.float32))
+    return t
+
+
 def train_members(
     sources: Sequence[Sequence[Level]],
     kernels: torch.Tensor,
@@ -169,157 +414,26 @@ def train_members(
     progress: Callable[[int, int], None] | None = None,
     freeze_finished: bool | None = None,
 ) -> tuple[MemberConvNet, list[StageInfo], int]:
-    """Train M members with kernels (M, K, K) at ``scale`` on fathers from ``sources``: one list of
-    levels per image (see :func:`build_father_canvas`; the first level is the image being upscaled,
-    its tensors hold that image's members), members in order. Returns the trained net (all members),
-    per-member info and the number of batched iterations run. ``progress(done, total)`` is called at
-    each learning-rate check (no extra host synchronisation).
+    """Train M members together (one :func:`train_pool` batch) with kernels (M, K, K) at ``scale``
+    on fathers from ``sources``: one list of levels per image, members in order. Returns the trained
+    net (all members), per-member info and the number of batched iterations run."""
+    joiners, first = [], 0
+    for levels in sources:
+        m = levels[0][0].shape[0]
+        members = list(range(first, first + m))
+        joiners.append(Joiner(levels, kernels[first : first + m], [int(seeds[i]) for i in members], members, stage,
+                              None if init is None else init.select(members)))
+        first += m
+    nets: dict[int, MemberConvNet] = {}
+    infos: dict[int, StageInfo] = {}
 
-    The batch state is updated in place with a device step counter (no Python number enters a
-    step). A member that finishes has its weights copied out; with ``freeze_finished`` it stays in
-    the batch at learning rate 0 until half the batch is frozen (fewer rebuilds of a fixed-size
-    batch, what a captured CUDA graph needs), else it leaves at once. Default: freeze on CUDA only
-    (on the CPU a frozen member would still cost its share of the compute). Results are the same.
-    """
-    device = sources[0][0][0].device
-    m = len(seeds)
-    cs = crop_size
-    canvas = stack_canvases([build_father_canvas(lv, cs, config.region_min_inside, config.region_share) for lv in sources])
-    kernels = kernels.to(device)
-    seeds_all = torch.as_tensor(list(seeds), dtype=torch.int64, device=device)
-    perms = dihedral_permutations(cs, device)
-    autocast, loss_scale = autocast_context(device, config)
-    step0 = stage * _STAGE_STRIDE
-    freeze = device.type == "cuda" if freeze_finished is None else freeze_finished
+    def collect(finished: list[Finished]) -> list[Joiner]:
+        for i, info, net in finished:
+            infos[i], nets[i] = info, net
+        return []
 
-    if init is None:
-        net = MemberConvNet.initialise(
-            seeds, canvas.images.shape[1], config.channels, config.depth, rng.Stream.ZSSR_INIT + rng.ZSSR_STAGE_STRIDE * stage, device
-        )
-    else:
-        net = MemberConvNet(
-            [w.detach().clone() for w in init.weights], [b.detach().clone() for b in init.biases], init.grouped
-        )
-    final = MemberConvNet([w.detach().clone() for w in net.weights], [b.detach().clone() for b in net.biases], net.grouped)
-    net.requires_grad_(True)
-    opt = MemberAdam(net.parameters(), bias_dtype=torch.float64)
-    lr_t = torch.full((m,), config.lr, device=device)
-
-    # Fixed reconstruction-error crops: drawn once per member from its first-level region.
-    rec_canvas = stack_canvases([build_father_canvas(lv[:1], cs, config.region_min_inside) for lv in sources])
-    n_rec = max(1, config.rec_crops)
-    u = rng.uniform(seeds_all, rng.Stream.ZSSR_REC, step0, (n_rec,))
-    rec_fathers, _ = gather_crops(rec_canvas.images, rec_canvas.cdf, u, cs)
-    rec_sons = make_sons(rec_fathers, kernels, scale)
-    shave = min(config.depth, cs // 4)
-    del rec_canvas
-
-    slots: list[int | None] = list(range(m))  # global member id at each batch position; None: frozen
-    seeds_t = seeds_all
-    lrs = [config.lr] * m
-    last_change = [0] * m
-    window = config.lr_policy_window
-    n_slots = config.iterations // max(1, config.rec_every) + 1
-    rec_buf = torch.zeros((m, n_slots), device=device)
-    rec_iters: list[int] = []
-    loss_hist = torch.zeros((m, max(1, window)), device=device)
-    infos: list[StageInfo | None] = [None] * m
-    checks = {config.min_iterations, config.iterations}
-    noise_std = float(config.noise_std)
-    c = canvas.images.shape[1]
-    noise_shape = (config.batch_size * c, math.ceil(cs / scale), math.ceil(cs / scale))
-    key = torch.full((), step0, dtype=torch.int64, device=device)  # the last step's RNG counter: step0 + t
-
-    def draw_window() -> list[torch.Tensor]:
-        """The random numbers of the next ``RNG_WINDOW`` steps, (W, M, ...) each: crop positions,
-        flips/rotations and (with ``noise_std``) the sons' noise."""
-        draws = list(father_draws(seeds_t, key + 1, RNG_WINDOW, config.batch_size))
-        if noise_std > 0:
-            draws.append(noise_std * rng.normal_window(seeds_t, rng.Stream.ZSSR_NOISE, key + 1, RNG_WINDOW, noise_shape))
-        return draws
-
-    def train_step() -> None:
-        """One iteration of every member, in place on the batch state (graph-capturable: the window
-        position comes from the device counter ``key``)."""
-        key.add_(1)
-        at = (key - step0 - 1).remainder(RNG_WINDOW).reshape(1)
-        now = [d.index_select(0, at)[0] for d in draws]
-        fathers, _ = fathers_from_draws(canvas, now[0], now[1], perms)
-        sons = make_sons(fathers, kernels, scale, now[2] if noise_std > 0 else None)
-        with autocast:
-            out = net(sons)
-        loss_m = (out.float() - fathers).abs().mean(dim=(1, 2, 3, 4))
-        grads = torch.autograd.grad(loss_m.sum() * loss_scale, net.parameters())
-        if loss_scale != 1.0:
-            grads = [torch.nan_to_num(g.float() / loss_scale, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
-        opt.step(net.parameters(), grads, lr_t)
-        loss_hist.index_copy_(1, (key - step0).remainder(loss_hist.shape[1]).reshape(1), loss_m.detach()[:, None])
-
-    draws = draw_window()
-    runner = StepRunner(train_step, device, capture=config.cuda_graphs)
-    t = 0
-    for t in range(1, config.iterations + 1):
-        if t > 1 and (t - 1) % RNG_WINDOW == 0:
-            for buffer, fresh in zip(draws, draw_window()):
-                buffer.copy_(fresh)  # in place: a captured step reads these buffers
-        runner()
-
-        if t % config.rec_every == 0:
-            with torch.no_grad(), autocast:
-                rec_out = net(rec_sons)
-            diff = (rec_out.float() - rec_fathers)[..., shave : cs - shave, shave : cs - shave]
-            rec_buf[:, len(rec_iters)] = diff.abs().mean(dim=(1, 2, 3, 4))
-            rec_iters.append(t)
-
-        policy = t % config.lr_policy_every == 0
-        if not (policy or t in checks):
-            continue
-        # ---- one host sync: learning-rate policy and stopping ----
-        if progress is not None:
-            progress(t, config.iterations)
-        rec_host = rec_buf[:, : len(rec_iters)].cpu().numpy()
-        iters = np.asarray(rec_iters)
-        for i, g in enumerate(slots):
-            if g is not None and policy and t - last_change[g] >= window:
-                sel = (iters > t - window) & (iters > last_change[g])
-                if sel.sum() >= 3:
-                    slope, se = _slope_and_se(iters[sel], rec_host[i, sel])
-                    if not (-slope > config.lr_slope_ratio * se):
-                        lrs[g] /= config.lr_decay
-                        last_change[g] = t
-        done = [
-            i for i, g in enumerate(slots)
-            if g is not None and (t >= config.iterations or (lrs[g] < config.lr_min and t >= config.min_iterations))
-        ]
-        if done:
-            loss_host = loss_hist.mean(1).cpu().numpy()
-            idx = torch.as_tensor(done, device=device)
-            gidx = torch.as_tensor([slots[i] for i in done], device=device)
-            for fw, w in zip(final.parameters(), net.parameters()):
-                fw.index_copy_(0, gidx, w.detach().index_select(0, idx))
-            for i in done:
-                g = slots[i]
-                rec_last = float(rec_host[i, -1]) if rec_host.shape[1] else float("nan")
-                infos[g] = StageInfo(t, lrs[g], float(loss_host[i]), rec_last, canvas.rules[g])
-                slots[i] = None
-            keep = [i for i, g in enumerate(slots) if g is not None]
-            if not keep:
-                break
-            if not freeze or 2 * len(keep) <= len(slots):
-                kidx = torch.as_tensor(keep, device=device)
-                slots = [slots[i] for i in keep]
-                net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist, lr_t = take(
-                    (net, opt, seeds_t, kernels, rec_sons, rec_fathers, rec_buf, loss_hist, lr_t), kidx
-                )
-                draws = [d.index_select(1, kidx) for d in draws]
-                runner = StepRunner(train_step, device, capture=config.cuda_graphs)  # new tensors: capture again
-                net.requires_grad_(True)
-                compact(canvas, ("images", "cdf"), kidx)
-        lr_t.copy_(torch.tensor([0.0 if g is None else lrs[g] for g in slots], dtype=torch.float32))
-    for g in range(m):  # only when no iteration ran (iterations == 0)
-        if infos[g] is None:
-            infos[g] = StageInfo(t, lrs[g], float("nan"), float("nan"), canvas.rules[g])
-    return final, infos, t
+    iterations = train_pool(joiners, scale, config, crop_size, collect, progress, freeze_finished)
+    return MemberConvNet.cat([nets[i] for i in range(first)]), [infos[i] for i in range(first)], iterations
 
 
 # ------------------------------------------------------------------------------------------------
@@ -575,52 +689,46 @@ def run_zssr_many(
     for (_channels, crop1, crop2), indices in batches.items():
         t_start = time.perf_counter()
         batch = [images[j] for j in indices]
-        kernels = [k for im in batch for k in im.kernels]
-        seeds = [s for im in batch for s in im.seeds]
-        firsts = np.cumsum([0] + [im.members for im in batch])[:-1].tolist()  # each image's first member
+        outs: list[list[torch.Tensor | None]] = [[None] * im.members for im in batch]
+        mids: list[list[torch.Tensor | None]] = [[None] * im.members for im in batch]  # gradual x4: the x2 images
+        members = [[MemberInfo([], [], im.plan.tile) for _ in range(im.members)] for im in batch]
+        later: list[Joiner] = []  # second steps that cannot join the first steps' batch (another crop size)
+        infer_seconds = 0.0
 
-        # ---- step 1 (the only one unless gradual x4) ----
-        t0 = time.perf_counter()
-        sources = [father_levels(im.lr.expand(im.members, -1, -1, -1), im.masks, config) for im in batch]
-        net, infos1, iterations = train_members(
-            sources, align_kernels([step_kernel(k) for k in kernels]), step_scale, config, seeds, crop1, progress=train_progress
-        )
-        train_seconds = time.perf_counter() - t0
-        outs, members = [], []
-        for im, first in zip(batch, firsts):
-            outs.append([
-                infer(im, 0, i, step_scale, partial(_window_sr, net.select([first + i]), im.lr, im.k_step[i : i + 1].to(device), step_scale, config))
-                for i in range(im.members)
-            ])
-            members.append([MemberInfo([infos1[first + i]], [len(im.plan.tiles[0][i])], im.plan.tile) for i in range(im.members)])
+        def on_finish(finished: list[Finished]) -> list[Joiner]:
+            """Inference for the members that finished a step; gradual x4's second steps join."""
+            nonlocal infer_seconds
+            start = time.perf_counter()
+            joins = []
+            for (b, i), info, net in finished:
+                im, member = batch[b], members[b][i]
+                member.stages.append(info)
+                step = len(member.stages) - 1
+                member.tiles.append(len(im.plan.tiles[step][i]))
+                if gradual and step == 0:  # I = the x2 image; step 2 learns I -> HR with the same kernel
+                    mids[b][i] = infer(im, 0, i, 2, partial(_window_sr, net, im.lr, im.k_step[i : i + 1].to(device), 2, config))
+                    mask = im.masks[i]
+                    mask2 = None if mask is None else np.repeat(np.repeat(np.asarray(mask, bool), 2, 0), 2, 1)
+                    levels = father_levels(mids[b][i], [mask2], config) + [(im.lr, [mask], 0.5)]  # the real LR image too
+                    second = Joiner(levels, im.k_given[i : i + 1], [im.seeds[i]], [(b, i)], 1, net if config.x4_warm_start else None)
+                    (joins if crop2 == crop1 else later).append(second)
+                elif gradual:
+                    window_sr = partial(_window_sr_x4_step2, net, mids[b][i], im.lr, im.k_given[i : i + 1].to(device), im.k4[i : i + 1], config)
+                    outs[b][i], mids[b][i] = infer(im, 1, i, 4, window_sr), None
+                else:
+                    outs[b][i] = infer(im, 0, i, step_scale, partial(_window_sr, net, im.lr, im.k_step[i : i + 1].to(device), step_scale, config))
+            infer_seconds += time.perf_counter() - start
+            return joins
 
-        # ---- step 2 of gradual x4: I -> HR with the same x2 kernel ----
-        if gradual:
-            mids = [torch.cat(o) for o in outs]  # per image (M, C, 2h, 2w)
-            sources = []
-            for im, mid in zip(batch, mids):
-                masks2 = [None if mk is None else np.repeat(np.repeat(np.asarray(mk, bool), 2, 0), 2, 1) for mk in im.masks]
-                sources.append(father_levels(mid, masks2, config) + [(im.lr.expand(im.members, -1, -1, -1), im.masks, 0.5)])  # the real LR image too
-            t0 = time.perf_counter()
-            net2, infos2, iters2 = train_members(
-                sources, align_kernels(kernels), 2, config, seeds, crop2, stage=1,
-                init=net if config.x4_warm_start else None, progress=train_progress,
-            )
-            train_seconds += time.perf_counter() - t0
-            iterations += iters2
-            for b, (im, first, mid) in enumerate(zip(batch, firsts, mids)):
-                for i in range(im.members):
-                    window_sr = partial(_window_sr_x4_step2, net2.select([first + i]), mid[i : i + 1], im.lr,
-                                        im.k_given[i : i + 1].to(device), im.k4[i : i + 1], config)
-                    outs[b][i] = infer(im, 1, i, 4, window_sr)
-                    members[b][i].stages.append(infos2[first + i])
-                    members[b][i].tiles.append(len(im.plan.tiles[1][i]))
-            del mids
-
+        joiners = [Joiner(father_levels(im.lr.expand(im.members, -1, -1, -1), im.masks, config), im.k_step, im.seeds,
+                          [(b, i) for i in range(im.members)]) for b, im in enumerate(batch)]
+        iterations = train_pool(joiners, step_scale, config, crop1, on_finish, train_progress)
+        if later:
+            iterations += train_pool(later, 2, config, crop2, on_finish, train_progress)
         seconds = time.perf_counter() - t_start
         for b, (j, im) in enumerate(zip(indices, batch)):
             arrays = []
             while outs[b]:  # each member's tensor is freed once converted
                 arrays.append(_to_array(outs[b].pop(0), im))
-            results[j] = ZSSRResult(arrays, members[b], iterations, seconds, train_seconds)
+            results[j] = ZSSRResult(arrays, members[b], iterations, seconds, seconds - infer_seconds)
     return results  # type: ignore[return-value]

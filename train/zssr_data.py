@@ -82,6 +82,12 @@ class FatherCanvas:
     rules: list[str]
     crop_size: int
 
+    def select(self, index: torch.Tensor) -> "FatherCanvas":
+        """The members ``index`` (int64 (M',)) only, every field."""
+        keep = index.cpu().tolist()
+        return FatherCanvas(self.images.index_select(0, index), self.cdf.index_select(0, index), self.centres[keep],
+                            self.regions[keep], [self.blocks[i] for i in keep], [self.rules[i] for i in keep], self.crop_size)
+
 
 def _downscale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     t = torch.from_numpy(mask.astype(np.float32))[None, None]

@@ -78,6 +78,13 @@ class MemberConvNet:
             p.requires_grad_(flag)
         return self
 
+    @classmethod
+    def cat(cls, nets: Sequence["MemberConvNet"]) -> "MemberConvNet":
+        """The members of several nets in one, in order (detached copies)."""
+        weights = [torch.cat([n.weights[i].detach() for n in nets]) for i in range(len(nets[0].weights))]
+        biases = [torch.cat([n.biases[i].detach() for n in nets]) for i in range(len(nets[0].biases))]
+        return cls(weights, biases, nets[0].grouped)
+
     def select(self, index: Sequence[int] | torch.Tensor) -> "MemberConvNet":
         """A new net holding only the given members (detached copies)."""
         idx = torch.as_tensor(index, dtype=torch.long, device=self.weights[0].device)
