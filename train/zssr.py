@@ -232,7 +232,9 @@ def train_pool(
     needs), else it leaves at once. Default: freeze on CUDA only (on the CPU a frozen member would
     still cost its share of the compute).
     """
-    device = joiners[0].levels[0][0].device if joiners else torch.device("cpu")
+    if not joiners:
+        return 0
+    device = joiners[0].levels[0][0].device
     cs = crop_size
     perms = dihedral_permutations(cs, device)
     autocast, loss_scale = autocast_context(device, config)
