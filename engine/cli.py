@@ -19,7 +19,7 @@ from mkgan_engine.cli_flags import with_flags
 from mkgan_engine.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE
 from mkgan_engine.train.config import ENSEMBLE_SIZES, KERNEL_ESTIMATORS, KERNEL_MODELS
 
-# `sr --pack`: up to 4 images per member batch, at most 1 LR megapixel in all (1.11x images/hour on
+# `sr --pack`: up to 4 images per member batch, at most 1 LR megapixel in all (1.11-1.17x images/hour on
 # 2 CPU cores with the same pixels, RESULTS.md "packing-cpu"; larger photos go alone, memory stays
 # that of one large photo).
 PACK_DEFAULT = 4
