@@ -71,31 +71,29 @@ def sync(device: str) -> None:
 
 
 def run_case(lr, labels, kg: KernelGANConfig, zs: ZSSRConfig, device: str, batched: bool) -> dict:
-    """One image through KernelGAN -> ZSSR -> merge; returns seconds per stage, kernels and the SR."""
+    """One image through KernelGAN -> ZSSR -> merge; returns seconds per stage, kernels and the SR.
+    batched: both regions in one member batch per stage (:func:`run_packed` of this image alone);
+    else one region at a time."""
+    if batched:
+        out = run_packed([(lr, labels)], kg, zs, device)
+        return {**out, "kernels": out["kernels"][0], "sr": out["sr"][0]}
     masks = [labels == 0, labels == 1]
     seeds = [0, 1]
     t0 = time.perf_counter()
-    if batched:
-        kernels = [e.kernel for e in estimate_kernels([lr, lr], masks, kg, seeds, device)]
-    else:
-        kernels = [estimate_kernels([lr], [m], kg, [s], device)[0].kernel for m, s in zip(masks, seeds)]
+    kernels = [estimate_kernels([lr], [m], kg, [s], device)[0].kernel for m, s in zip(masks, seeds)]
     sync(device)
     t1 = time.perf_counter()
-    if batched:
-        srs = run_zssr(lr, kernels, 2, zs, masks=masks, seeds=seeds, device=device).images
-    else:
-        srs = [run_zssr(lr, [k], 2, zs, masks=[m], seeds=[s], device=device).images[0] for k, m, s in zip(kernels, masks, seeds)]
+    srs = [run_zssr(lr, [k], 2, zs, masks=[m], seeds=[s], device=device).images[0] for k, m, s in zip(kernels, masks, seeds)]
     sync(device)
     t2 = time.perf_counter()
-    labels_hr = np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1)
-    sr = merge_regions(srs, labels_hr, [0, 1], scale=2)
+    sr = merge_regions(srs, np.repeat(np.repeat(labels, 2, axis=0), 2, axis=1), [0, 1], scale=2)
     t3 = time.perf_counter()
     return {"kernelgan": t1 - t0, "zssr": t2 - t1, "merge": t3 - t2, "total": t3 - t0, "kernels": kernels, "sr": sr}
 
 
 def run_packed(cases: list[tuple[np.ndarray, np.ndarray]], kg: KernelGANConfig, zs: ZSSRConfig, device: str) -> dict:
     """All images (LR, labels) at once: their 2 regions each in one KernelGAN and one ZSSR member
-    batch (seeds 0, 1 per image, as in :func:`run_case`). Seconds per stage are per image (the
+    batch (seeds 0, 1 per image). Seconds per stage are per image (the
     packed call's over the number of images); kernels and SR images are lists per image."""
     masks = [[labels == 0, labels == 1] for _, labels in cases]
     t0 = time.perf_counter()

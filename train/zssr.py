@@ -94,7 +94,7 @@ from .graphs import StepRunner
 from .degradation import upsample_to
 from .kernel import analytic_x4
 from .masked_crop import gather_crops
-from .members import MemberAdam, compact, take
+from .members import MemberAdam, take
 from .merge import default_radius
 from .zssr_data import (
     Level,
@@ -126,12 +126,19 @@ def align_kernels(kernels: Sequence[np.ndarray]) -> torch.Tensor:
             raise ValueError(f"kernels must be square 2-D arrays, got shape {k.shape}")
         if not np.all(np.isfinite(k)) or k.sum() <= 0:
             raise ValueError("kernels must be finite with a positive sum")
-    size = max(k.shape[0] for k in arrays)
-    out = np.zeros((len(arrays), size, size), np.float32)
-    for i, k in enumerate(arrays):
-        d = (size - 1) // 2 - (k.shape[0] - 1) // 2
-        out[i, d : d + k.shape[0], d : d + k.shape[0]] = k / k.sum()
-    return torch.from_numpy(out)
+    return torch.cat(pad_kernels([torch.from_numpy(k / k.sum())[None] for k in arrays]))
+
+
+def pad_kernels(kernels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Kernel stacks (m, K, K) of possibly different K, zero-padded to the largest K with each
+    kernel placed so that :func:`blur_downsample` (output pixel j sees input j - (K-1)//2 ...) is
+    unchanged - the one placement rule of :func:`align_kernels` and of a batch's kernels."""
+    size = max(k.shape[-1] for k in kernels)
+    out = []
+    for k in kernels:
+        d = (size - 1) // 2 - (k.shape[-1] - 1) // 2
+        out.append(F.pad(k, (d, size - k.shape[-1] - d, d, size - k.shape[-1] - d)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,16 +202,6 @@ Finished = tuple[Any, StageInfo, MemberConvNet]
 """(the caller's id, the member's training, its trained net as a one-member net)."""
 
 _BATCH_STATE = ("canvas", "net", "kernels", "seeds", "keys", "rec_sons", "rec_fathers", "rec_buf", "loss_hist", "lr")
-
-
-def _pad_kernels(kernels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """(m, K, K) kernel stacks zero-padded to the largest K, keeping each kernel's alignment."""
-    size = max(k.shape[-1] for k in kernels)
-    out = []
-    for k in kernels:
-        d = (size - 1) // 2 - (k.shape[-1] - 1) // 2
-        out.append(F.pad(k, (d, size - k.shape[-1] - d, d, size - k.shape[-1] - d)) if k.shape[-1] != size else k)
-    return out
 
 
 def train_pool(
@@ -286,18 +283,17 @@ def train_pool(
         if keep:
             index = torch.as_tensor(keep, device=device)
             parts.append({k: take(batch[k], index) for k in _BATCH_STATE})
-        parts += [part(j) for j in new]
+        fresh = [part(j) for j in new]
+        parts += fresh
         batch["canvas"] = stack_canvases([p["canvas"] for p in parts])
         batch["net"] = MemberConvNet.cat([p["net"] for p in parts]).requires_grad_(True)
-        batch["kernels"] = torch.cat(_pad_kernels([p["kernels"] for p in parts]))
+        batch["kernels"] = torch.cat(pad_kernels([p["kernels"] for p in parts]))
         for k in ("seeds", "keys", "rec_sons", "rec_fathers", "rec_buf", "loss_hist", "lr"):
             batch[k] = torch.cat([p[k] for p in parts])
         params = batch["net"].parameters()
         batch["opt"] = batch["opt"].select(index).extend(params) if keep else MemberAdam(params, bias_dtype=torch.float64)
-        slots = [slots[i] for i in keep] + [_Slot(i, t, config.lr, "") for j in new for i in j.ids]
-        for pos, rule in enumerate(batch["canvas"].rules):
-            if slots[pos] is not None and not slots[pos].rule:
-                slots[pos].rule = rule
+        slots = [slots[i] for i in keep] + [_Slot(i, t, config.lr, rule) for j, p in zip(new, fresh)
+                                            for i, rule in zip(j.ids, p["canvas"].rules)]
         window_left = 0
         runner = StepRunner(train_step, device, capture=config.cuda_graphs)
 
