@@ -243,8 +243,12 @@ def override_config(config: Config, assignments: list[str]) -> Config:
 def run_settings(args: argparse.Namespace, base: EngineConfig, meta: dict) -> dict:
     """What a row's numbers depend on besides (image, method, seed): rows measured under other
     settings must not be mixed into one table."""
+    from mkgan_engine.train.kenet import WEIGHTS_FILE, card_calibration, load_card
+
+    calibration = card_calibration(load_card(Path(base.kenet.weights) if base.kenet.weights else WEIGHTS_FILE))
     settings = {"data": str(args.data.resolve()), "data_seed": meta["seed"], "preset": args.preset,
                 "kernel_estimator": base.kernel_estimator, "kenet": dataclasses.asdict(base.kenet),
+                "kenet_calibration": dataclasses.asdict(calibration),
                 "kernelgan": dataclasses.asdict(base.kernelgan), "zssr": dataclasses.asdict(base.zssr)}
     return json.loads(json.dumps(settings))  # tuples -> lists, as read back from the file
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mkgan_engine.train.kenet import WEIGHTS_FILE, KENet, KENetConfig, save_weights, training_loss
-from mkgan_engine.train.kenet_data import TRAIN_SETS, DegradationConfig, DegradationSampler, load_training_images
+from mkgan_engine.train.kenet_data import TRAIN_SETS, DegradationConfig, DegradationSampler, held_aside, load_training_images
 from mkgan_engine.train.kernel import kernel_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     net_config = KENetConfig(widths=tuple(int(w) for w in args.widths.split(",")), hidden=args.hidden)
     data_config = DegradationConfig(window=net_config.window, kernel_size=net_config.kernel_size)
     photos = load_training_images(args.images)
-    held = [im for i, (_, im) in enumerate(photos) if i % 8 == 0]
-    train = [im for i, (_, im) in enumerate(photos) if i % 8 != 0]
+    train, held = held_aside(photos)
     val_windows, val_kernels = DegradationSampler(held, data_config, np.random.default_rng([args.seed, 1])).batch(args.val_size)
     sampler = DegradationSampler(train, data_config, np.random.default_rng([args.seed, 2]))
 

@@ -50,6 +50,19 @@ def _onnxruntime_providers() -> tuple[list[str], list[str]]:
     return available, used
 
 
+def _kenet_check() -> Check:
+    """The shipped KENet weights: present, sha256 as in their card, loadable (the default estimator)."""
+    from mkgan_engine.train import kenet
+
+    try:
+        model = kenet.load_kenet(kenet.WEIGHTS_FILE)
+        card = kenet.load_card(kenet.WEIGHTS_FILE)
+    except kenet.WeightsError as error:
+        return Check("KENet weights", "fail", str(error))
+    return Check("KENet weights", "ok", f"{kenet.WEIGHTS_FILE.name} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:12]}... "
+                 f"verified; validation kernel PSNR {card['val_kernel_psnr_db']:.2f} dB; cov_xy gain {model.calibration.cov_xy_gain})")
+
+
 def diagnose(
     device: str = "auto",
     backend: str = "torch",
@@ -82,6 +95,8 @@ def diagnose(
         checks.append(Check("masked-crop C++ ext", level, str(status.get("detail") or status)))
     except ImportError:
         checks.append(Check("masked-crop C++ ext", "warn", "status unavailable; the PyTorch fallback is used"))
+
+    checks.append(_kenet_check())
 
     ort_version = _version("onnxruntime") or _version("onnxruntime-gpu")
     if ort_version is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from mkgan_engine.train.config import KENetEstimatorConfig
 from mkgan_engine.train.degradation import anisotropic_gaussian, degrade
 from mkgan_engine.train.kenet import (
-    CARD_FILE, WEIGHTS_FILE, KENet, WeightsError, attention_loss, estimate_region_kernels, load_card, load_kenet,
+    CARD_FILE, WEIGHTS_FILE, Calibration, KENet, WeightsError, attention_loss, estimate_region_kernels, load_card,
+    load_kenet, window_moments,
 )
 from mkgan_engine.train.kernel import kernel_error, kernel_moments
 
@@ -73,6 +75,58 @@ def test_missing_or_corrupt_weights_are_a_clear_error(tmp_path):
         load_kenet(copy)
     copy.write_bytes(WEIGHTS_FILE.read_bytes())
     assert isinstance(load_kenet(copy), KENet)
+
+
+def test_the_cards_calibration_is_applied_and_a_bad_one_is_a_clear_error(model, tmp_path):
+    assert model.calibration.cov_xy_gain == load_card()["calibration"]["cov_xy_gain"] > 1.0
+    assert KENet().calibration == Calibration()  # a network built from a config is uncalibrated
+    copy = tmp_path / "kenet_x2.pt"
+    copy.write_bytes(WEIGHTS_FILE.read_bytes())
+    card = load_card()
+    card["calibration"] = {"cov_xy_gain": "steep"}
+    copy.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="calibration"):
+        load_kenet(copy)
+
+
+def test_the_calibration_scales_the_diagonal_moment_of_the_region_only(model, butterfly):
+    lr = degrade(butterfly, anisotropic_gaussian(13, *WIDE, 2), 2)
+    raw_model = load_kenet()
+    raw_model.calibration = Calibration()
+    grey, centres = lr.mean(axis=2), np.array([[40, 40], [64, 70], [90, 60]])
+    np.testing.assert_array_equal(window_moments(model, grey, centres), window_moments(raw_model, grey, centres))
+    calibrated = estimate_region_kernels(lr, [None], KENetEstimatorConfig(), model)[0].moments
+    raw = estimate_region_kernels(lr, [None], KENetEstimatorConfig(), raw_model)[0].moments
+    np.testing.assert_allclose(calibrated[:2], raw[:2], rtol=1e-12)
+    np.testing.assert_allclose(calibrated[2], model.calibration.cov_xy_gain * raw[2], rtol=1e-12)
+    assert raw[2] > 0.2  # the kernel's axis at 60 deg: a positive cov_xy is measured
+
+
+def test_the_calibration_brings_a_diagonal_kernel_closer(model, butterfly):
+    """Set5 butterfly (never trained on) blurred by the wide kernel turned to 135 deg, where the
+    diagonal moment carries the elongation: the calibrated estimate is nearer the truth."""
+    truth = anisotropic_gaussian(13, 4.0, 0.6, 3 * np.pi / 4, 2)
+    lr = degrade(butterfly, truth, 2)
+    raw_model = load_kenet()
+    raw_model.calibration = Calibration()
+    calibrated, raw = _estimate(model, lr), _estimate(raw_model, lr)
+    print(f"kernel PSNR raw {kernel_error(raw, truth)['psnr']:.1f} dB, calibrated {kernel_error(calibrated, truth)['psnr']:.1f} dB")
+    assert kernel_error(calibrated, truth)["psnr"] > kernel_error(raw, truth)["psnr"] + 1.0
+
+
+def test_doctor_verifies_the_shipped_weights(tmp_path, monkeypatch):
+    from mkgan_engine.doctor import _kenet_check
+    from mkgan_engine.train import kenet
+
+    check = _kenet_check()
+    assert check.level == "ok" and load_card()["sha256"][:12] in check.detail
+    data = bytearray(WEIGHTS_FILE.read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / "kenet_x2.pt").write_bytes(bytes(data))
+    shutil.copy(CARD_FILE, tmp_path / "kenet_x2.json")
+    monkeypatch.setattr(kenet, "WEIGHTS_FILE", tmp_path / "kenet_x2.pt")
+    check = _kenet_check()
+    assert check.level == "fail" and "corrupt" in check.detail
 
 
 def test_wide_and_narrow_kernels_on_a_held_out_photo_are_ordered_and_the_axis_found(model, butterfly):

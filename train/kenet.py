@@ -14,7 +14,9 @@ paper's adaptive attention loss plus a second-moment term (:func:`training_loss`
 degradations (:mod:`kenet_data`) by ``benchmarks/train_kernel_estimator.py``; the trained weights ship
 with the package (``weights/kenet_x2.pt``) and are loaded with a sha256 check. A region's kernel
 (:func:`estimate_region_kernels`) is the Gaussian with the mean second moments of its windows, the
-diagonal moment measured on windows rotated by 45 degrees (docs/kernel-estimation.md says why).
+diagonal moment measured on windows rotated by 45 degrees (docs/kernel-estimation.md says why) and
+scaled by the weights' :class:`Calibration` (fitted on held-aside training photos by
+``benchmarks/calibrate_kernel_estimator.py``, stored in the weights card).
 
 Shapes and units: windows are float32 (N, 1, 64, 64) luma in [0, 1] (normalised inside the
 network: zero mean, unit standard deviation per window); kernels are float32 (N, 13, 13), applied by
@@ -82,12 +84,33 @@ class _ResidualBlock(nn.Module):
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How the moments measured from a network's kernels map to the true ones (see :func:`window_moments`),
+    fitted on held-aside training photos by ``benchmarks/calibrate_kernel_estimator.py``.
+
+    cov_xy_gain: the diagonal moment from 45-degree-rotated windows, (var_45 - var_135) / 2, comes out
+    shrunk towards 0; the true cov_xy is this multiple of it (var_x and var_y are measured without such
+    a bias). 1.0 = uncalibrated (a network built from a config, a card without calibration).
+    """
+
+    cov_xy_gain: float = 1.0
+
+    def apply(self, moments: np.ndarray) -> np.ndarray:
+        """float64 (N, 3) measured (var_x, var_y, cov_xy) -> the calibrated moments (px^2)."""
+        return np.array(moments, np.float64, ndmin=2) * np.array([1.0, 1.0, self.cov_xy_gain])
+
+
 class KENet(nn.Module):
-    """windows (N, 1, window, window) luma in [0, 1] -> kernels (N, K, K), softmax (sum 1)."""
+    """windows (N, 1, window, window) luma in [0, 1] -> kernels (N, K, K), softmax (sum 1).
+
+    ``calibration`` (a :class:`Calibration`) is not a parameter: :func:`load_kenet` sets it from the card.
+    """
 
     def __init__(self, config: KENetConfig = KENetConfig()) -> None:
         super().__init__()
         self.config = config
+        self.calibration = Calibration()
         w = config.widths
         n = config.batch_norm
         layers: list[nn.Module] = [_conv(1, w[0], n), nn.ReLU(), _ResidualBlock(w[0], n)]
@@ -229,17 +252,29 @@ def load_kenet(path: str | Path | None = None, device: str | torch.device = "cpu
         model.load_state_dict(blob["state_dict"])
     except Exception as exc:  # a checksum-valid file that does not load is a packaging bug
         raise WeightsError(f"KENet weights {path} cannot be loaded: {exc}") from None
+    model.calibration = card_calibration(card)
     return model.to(device).eval()
+
+
+def card_calibration(card: dict) -> Calibration:
+    """The :class:`Calibration` a weights card records (``card["calibration"]``; none = uncalibrated)."""
+    fields = card.get("calibration") or {}
+    try:
+        return Calibration(**{name: float(fields[name]) for name in Calibration.__dataclass_fields__ if name in fields})
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"KENet weights card has an unreadable calibration {fields!r}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- inference on regions
 @dataclass(frozen=True)
 class RegionKernel:
     """One region's KENet estimate. kernel: float32 13x13 x2 kernel (sum 1, sf-aligned centre 6.5);
-    windows: how many windows were combined; spread_px: standard deviation over the windows of
-    (sigma_major, sigma_minor) in px (a confidence: small = the windows agree); notes: fallbacks."""
+    moments: the combined (var_x, var_y, cov_xy) of the windows (HR px^2, calibrated) the kernel is the
+    Gaussian of; windows: how many windows were combined; spread_px: standard deviation over the windows
+    of (sigma_major, sigma_minor) in px (a confidence: small = the windows agree); notes: fallbacks."""
 
     kernel: np.ndarray
+    moments: tuple[float, float, float]
     windows: int
     spread_px: tuple[float, float]
     notes: tuple[str, ...] = ()
@@ -374,7 +409,9 @@ def window_moments(model: KENet, grey: np.ndarray, centres: np.ndarray, dihedral
     The network measures a kernel's spread along the window's axes well and its cov_xy poorly, so
     cov_xy comes from the variances along the diagonals: windows rotated by 45 degrees, where
     var_x' = var along (1, 1)/sqrt2 and var_y' = var along (-1, 1)/sqrt2, and cov_xy = (var_x' - var_y') / 2
-    (interpolation blur adds to both alike and cancels). Windows go through the network ``batch`` at a time.
+    (interpolation blur adds to both alike and cancels). These are the measured moments, as the blur
+    map clusters them; ``model.calibration.apply`` maps them to a kernel's (the rotated windows'
+    difference comes out shrunk). Windows go through the network ``batch`` at a time.
     """
     window = window or model.config.window
     out = []
@@ -394,7 +431,8 @@ def estimate_region_kernels(
     model: KENet | None = None,
     device: str | torch.device = "cpu",
 ) -> list[RegionKernel]:
-    """One x2 kernel per region from KENet on overlapping windows inside it.
+    """One x2 kernel per region from KENet on overlapping windows inside it: the Gaussian with the
+    windows' combined calibrated moments (:func:`window_moments`, ``model.calibration``).
 
     image: float HxW or HxWxC (C = 1..4; alpha ignored) in [0, 1]; masks: bool HxW per region, or
     None for the whole image; model: a loaded KENet (default: :func:`load_kenet` of
@@ -414,7 +452,7 @@ def estimate_region_kernels(
         centres, notes = window_centres(grey, mask, side, config)
         if side != window:
             notes.insert(0, f"region too small for {window}px windows: {side}px windows")
-        per_window = window_moments(model, grey, centres, config.dihedral, window=side)
+        per_window = model.calibration.apply(window_moments(model, grey, centres, config.dihedral, window=side))
         if config.combine == "mean":
             moments = per_window.mean(axis=0)
         elif config.combine == "median":
@@ -424,7 +462,7 @@ def estimate_region_kernels(
         kernel = _gaussian_from_moments(moments, model.config.kernel_size)
         sigmas = np.array([kernel_moments(_gaussian_from_moments(m, model.config.kernel_size))[:2] for m in per_window])
         results.append(RegionKernel(
-            kernel=shift_to_center(kernel, 2), windows=len(centres),
+            kernel=shift_to_center(kernel, 2), moments=tuple(float(m) for m in moments), windows=len(centres),
             spread_px=(float(sigmas[:, 0].std()), float(sigmas[:, 1].std())), notes=tuple(notes),
         ))
     return results

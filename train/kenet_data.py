@@ -61,6 +61,14 @@ def load_training_images(root: Path, sets: tuple[str, ...] = TRAIN_SETS) -> list
     return images
 
 
+def held_aside(photos: list[tuple[str, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training images, held-aside images): every 8th photo of :func:`load_training_images` (sorted by
+    name) is held aside for validation and calibration, never trained on."""
+    train = [image for i, (_, image) in enumerate(photos) if i % 8 != 0]
+    held = [image for i, (_, image) in enumerate(photos) if i % 8 == 0]
+    return train, held
+
+
 def random_training_kernel(rng: np.random.Generator, config: DegradationConfig) -> np.ndarray:
     """float32 13x13 kernel of the family, sum 1, at the sf-aligned centre."""
     small = rng.uniform() < config.small_support_prob
