@@ -28,9 +28,9 @@ import torch
 from mkgan_engine.imageio import write_bytes_atomic
 from mkgan_engine.train.config import KENetEstimatorConfig
 from mkgan_engine.train.degradation import degrade
-from mkgan_engine.train.kenet import WEIGHTS_FILE, Calibration, _gaussian_from_moments, _second_moments, estimate_region_kernels, load_kenet
+from mkgan_engine.train.kenet import WEIGHTS_FILE, Calibration, _gaussian_from_moments, estimate_region_kernels, load_kenet
 from mkgan_engine.train.kenet_data import DegradationConfig, held_aside, load_training_images, random_training_kernel
-from mkgan_engine.train.kernel import kernel_error
+from mkgan_engine.train.kernel import kernel_covariance, kernel_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "images"
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         lr = degrade(hr, truth, 2)[..., 0]
         estimate = estimate_region_kernels(lr, [None], KENetEstimatorConfig(), model)[0]
         cases.append({"photo": index // args.kernels, "truth": truth, "measured": estimate.moments,
-                      "true_moments": _second_moments(truth[None].astype(np.float64))[0]})
+                      "true_moments": kernel_covariance(truth)})
 
     def moments(of: list[dict], key: str) -> np.ndarray:
         return np.array([c[key] for c in of], np.float64)
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         check.append({"fitted": asdict(fitted), "cases": len(score_on),
                       "psnr_raw_db": round(mean_psnr(score_on, Calibration()), 2),
                       "psnr_calibrated_db": round(mean_psnr(score_on, fitted), 2)})
-    calibration = fit_calibration(moments(cases, "measured"), moments(cases, "true_moments"))
     measured, truth = moments(cases, "measured"), moments(cases, "true_moments")
+    calibration = fit_calibration(measured, truth)
     record = {
         **asdict(calibration),
         "trace_fit": linear_fit(measured[:, 0] + measured[:, 1], truth[:, 0] + truth[:, 1]),

@@ -260,7 +260,7 @@ def card_calibration(card: dict) -> Calibration:
     """The :class:`Calibration` a weights card records (``card["calibration"]``; none = uncalibrated)."""
     fields = card.get("calibration") or {}
     try:
-        return Calibration(**{name: float(fields[name]) for name in Calibration.__dataclass_fields__ if name in fields})
+        return Calibration(cov_xy_gain=float(fields.get("cov_xy_gain", 1.0)))
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"KENet weights card has an unreadable calibration {fields!r}: {exc}") from None
 
